@@ -292,6 +292,41 @@ def test_hyperplane_projection_with_box_is_feasible_and_minimal(norm):
         assert not (on_plane & shorter & reachable).any()
 
 
+@pytest.mark.parametrize("norm", ["linf", "l1"])
+def test_hyperplane_projection_with_box_equals_the_linear_program(norm):
+    # min ||delta|| s.t. <w, delta> = c, 0 <= p + delta <= 1, solved exactly by scipy's HiGHS;
+    # a third of the coordinates have w_i = 0 exactly
+    from scipy.optimize import linprog
+
+    g = torch.Generator().manual_seed(3)
+    n, d = 12, 9
+    p = torch.rand(n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(n, d, generator=g, dtype=torch.float64) * (torch.rand(n, d, generator=g) > 0.33)
+    c = 0.4 * torch.randn(n, generator=g, dtype=torch.float64)
+    delta = project_hyperplane(w, c, norm, point=p)
+    checked = 0
+    for i in range(n):
+        if norm == "linf":  # variables (delta, s): min s, |delta_j| <= s
+            cost = [0.0] * d + [1.0]
+            a_ub = [[(1.0 if j == k else 0.0) for k in range(d)] + [-1.0] for j in range(d)]
+            a_ub += [[(-1.0 if j == k else 0.0) for k in range(d)] + [-1.0] for j in range(d)]
+            a_eq = [w[i].tolist() + [0.0]]
+            bounds = [(-p[i, j], 1 - p[i, j]) for j in range(d)] + [(0, None)]
+        else:  # variables (u, v) with delta = u - v, u, v >= 0: min sum(u + v)
+            cost = [1.0] * (2 * d)
+            a_ub = None
+            a_eq = [w[i].tolist() + (-w[i]).tolist()]
+            bounds = [(0, 1 - p[i, j]) for j in range(d)] + [(0, p[i, j]) for j in range(d)]
+        res = linprog(cost, A_ub=a_ub, b_ub=[0.0] * (2 * d) if a_ub else None, A_eq=a_eq,
+                      b_eq=[float(c[i])], bounds=bounds, method="highs")  # fmt: skip
+        if res.status == 2:  # infeasible: the box cannot reach the plane
+            continue
+        assert float(perturbation_norms(delta[i : i + 1], norm)) == pytest.approx(res.fun, abs=1e-9)
+        assert float((w[i] * delta[i]).sum()) == pytest.approx(float(c[i]), abs=1e-9)
+        checked += 1
+    assert checked >= n // 2  # most planes are reachable: the comparison is not vacuous
+
+
 def test_hyperplane_projection_unreachable_and_zero_gradients():
     # the box cannot reach the plane: the corner furthest along w, no NaN where w_i = 0
     p = torch.tensor([[0.0, 0.5, 1.0, 0.2]])

@@ -7,7 +7,12 @@ import torch
 from _attack_models import data, linear_model, mlp
 
 from robustlab.attacks import Square
-from robustlab.attacks.square import _pseudo_gaussian, _window_masks, square_fraction
+from robustlab.attacks.square import (
+    _pseudo_gaussian,
+    _window_index,
+    _window_masks,
+    square_fraction,
+)
 from robustlab.errors import RobustlabError
 
 
@@ -24,6 +29,28 @@ def test_windows_and_pseudo_gaussian_block():
     assert masks.shape == (7, 1, 10, 12) and (masks.sum((1, 2, 3)) == 12).all()
     block = _pseudo_gaussian(5, 5, "cpu", torch.float32)
     assert block.norm().item() == pytest.approx(1.0) and block[2, 2] == block.max()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_linf_proposals_always_change_the_window(channels):
+    # one-pixel windows: without redrawing, half the proposals would repeat the current value
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, channels, 6, 6, generator=gen)
+    attack = Square("linf:0.1", queries=10)
+    x_adv = x + attack._init_linf(x, gen)
+    for _ in range(20):
+        cand = attack._propose_linf(x, x_adv, 1, 1, gen)
+        assert (cand != x_adv).flatten(1).any(1).all()
+        assert ((cand - x_adv).flatten(1) != 0).sum(1).max() <= channels  # only the window moved
+        assert attack.threat.contains(cand, x).all()
+        x_adv = cand
+
+
+def test_window_index_and_window_masks_draw_the_same_windows():
+    masks = _window_masks(9, 10, 12, 3, 4, torch.Generator().manual_seed(5), "cpu")
+    index = _window_index(9, 10, 12, 3, 4, torch.Generator().manual_seed(5), "cpu")
+    from_index = torch.zeros(9, 10 * 12, dtype=torch.bool).scatter(1, index, True)
+    assert torch.equal(from_index, masks.view(9, -1))
 
 
 @pytest.mark.parametrize("threat", ["linf:0.3", "l2:2.0"])

@@ -55,6 +55,18 @@ def _flat(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1)
 
 
+def lp_norm(t: Tensor, p: float, dim: int = -1) -> Tensor:
+    """``||t||_p`` along ``dim`` for p in {0, 1, 2, inf}; L1 and Linf as plain reductions, which
+    run several times faster on the CPU than ``torch.linalg.vector_norm`` with ``ord=1`` or ``inf``."""
+    if p == math.inf:
+        return t.abs().amax(dim)
+    if p == 1:
+        return t.abs().sum(dim)
+    if p == 0:
+        return t.ne(0).sum(dim).to(t.dtype)
+    return torch.linalg.vector_norm(t, ord=p, dim=dim)
+
+
 def _view(v: Tensor, like: Tensor) -> Tensor:
     """Reshape a per-sample vector (N,) to broadcast against ``like`` (N, ...)."""
     return v.reshape(-1, *([1] * (like.dim() - 1)))
@@ -132,7 +144,7 @@ class Threat:
 
     def norms(self, delta: Tensor) -> Tensor:
         """Per-sample norm of a perturbation batch (N, ...) -> (N,)."""
-        return torch.linalg.vector_norm(_flat(delta), ord=self.p, dim=1)
+        return lp_norm(_flat(delta), self.p, dim=1)
 
     def contains(self, x_adv: Tensor, x: Tensor, atol: float = 1e-5) -> Tensor:
         """Per-sample mask: inside the ball (relative float tolerance) and inside [0, 1]."""

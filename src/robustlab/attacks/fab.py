@@ -118,13 +118,14 @@ class FAB(Attack):
             alpha = _bcast((n_k / (n_k + n_0).clamp_min(1e-12)).clamp(0, self.alpha_max), x)
             x_k = (
                 (1 - alpha) * (x_k + self.eta * delta_k) + alpha * (x + self.eta * delta_0)
-            ).clamp(0.0, 1.0)
+            ).clamp_(0.0, 1.0)
             adv = is_adversarial(self._predict(model, x_k), y, goal)
-            score = minimal_norm_score(perturbation_norms(x_k - x, self.norm), adv)
+            step = x_k - x
+            score = minimal_norm_score(perturbation_norms(step, self.norm), adv)
             better = score > best_score
             best[better] = x_k[better]
             best_score = torch.maximum(best_score, score)
-            x_k = torch.where(_bcast(adv, x), x + self.beta * (x_k - x), x_k)
+            x_k = torch.where(_bcast(adv, x), x + self.beta * step, x_k)
         return best, best_score
 
     def _random_start(

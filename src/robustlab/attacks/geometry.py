@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from robustlab.errors import RobustlabError
-from robustlab.threat import project_l1_ball
+from robustlab.threat import lp_norm, project_l1_ball
 
 MINIMAL_NORMS: tuple[str, ...] = ("linf", "l2", "l1", "l0")
 _ORDER = {"l0": 0.0, "l1": 1.0, "l2": 2.0, "linf": math.inf}
@@ -46,14 +46,14 @@ def _view(v: Tensor, like: Tensor) -> Tensor:
 
 def perturbation_norms(delta: Tensor, norm: str) -> Tensor:
     """Per-sample norm (N,) of a perturbation batch (N, ...)."""
-    return torch.linalg.vector_norm(_flat(delta), ord=_ORDER[norm], dim=1)
+    return lp_norm(_flat(delta), _ORDER[norm], dim=1)
 
 
 def dual_norm(w: Tensor, norm: str, start: int = 1) -> Tensor:
     """``||w||_q`` over the dimensions from ``start`` on (q the dual exponent of ``norm``)."""
     if norm not in _DUAL:
         raise RobustlabError(f"The {norm} norm has no dual norm here; use linf, l2 or l1.")
-    return torch.linalg.vector_norm(_flat(w, start), ord=_DUAL[norm], dim=-1)
+    return lp_norm(_flat(w, start), _DUAL[norm], dim=-1)
 
 
 def project_ball(delta: Tensor, norm: str, radius: Tensor) -> Tensor:
@@ -91,33 +91,43 @@ def project_hyperplane(w: Tensor, c: Tensor, norm: str, point: Tensor | None = N
     ``c sign(w) / ||w||_1`` and ``c e_k / w_k`` with ``k = argmax |w_k|``.
     """
     shape = w.shape
-    wf = _flat(w) * torch.sign(c)[:, None]  # orient so that the required <w, delta> is |c| >= 0
+    wf = _flat(w)
+    # orient each row so that the required <w, delta> is |c| >= 0: delta_i has the sign of w_i c
+    sign = torch.sign(wf) * torch.sign(c)[:, None]
     need = c.abs()
     aw = wf.abs()
-    if point is None:
-        room = torch.full_like(wf, math.inf)
-    else:
+    room = None
+    if point is not None:
         pf = _flat(point)
-        room = torch.where(wf > 0, 1.0 - pf, pf).clamp_min(0.0)
+        room = torch.where(sign > 0, 1.0 - pf, pf).clamp_min_(0.0)
     if norm == "l1":
-        mag = _l1_knapsack(aw, room, need)
-    elif norm in ("l2", "linf"):
-        a = aw * aw if norm == "l2" else aw
-        if point is None:
-            lam = need / a.sum(1).clamp_min(1e-30)
-        else:
-            t = room / aw.clamp_min(1e-30) if norm == "l2" else room
-            lam = _water_level(a, torch.where(aw > 0, t, torch.zeros_like(t)), need)
-        rate = aw if norm == "l2" else torch.ones_like(aw)
+        mag = _l1_knapsack(aw, torch.full_like(aw, math.inf) if room is None else room, need)
+    elif norm == "l2":
+        a = aw * aw
+        lam = _plane_level(a, None if room is None else room / aw.clamp_min(1e-30), need)
+        step = lam[:, None] * aw
         # lam is inf when the box makes the plane unreachable: every used coordinate saturates
-        mag = torch.where(aw > 0, torch.minimum(lam[:, None] * rate, room), 0.0)
+        mag = torch.where(aw > 0, step if room is None else torch.minimum(step, room), 0.0)
+    elif norm == "linf":
+        lam = _plane_level(aw, room, need)[:, None]
+        mag = lam if room is None else torch.minimum(lam, room)  # times sign: 0 where w_i = 0
     else:
         raise RobustlabError(f"Hyperplane projection supports linf, l2, l1; got {norm!r}.")
-    return (torch.sign(wf) * mag).reshape(shape)
+    return (sign * mag).reshape(shape)
+
+
+def _plane_level(a: Tensor, t: Tensor | None, need: Tensor) -> Tensor:
+    """``lam`` with ``sum_i a_i min(lam, t_i) = need`` (no box: ``t = inf``, a closed form)."""
+    if t is None:
+        return need / a.sum(1).clamp_min(1e-30)
+    return _water_level(a, t, need)
 
 
 def _water_level(a: Tensor, t: Tensor, need: Tensor) -> Tensor:
-    """Smallest ``lam >= 0`` with ``sum_i a_i min(lam, t_i) = need`` (inf when unreachable)."""
+    """Smallest ``lam >= 0`` with ``sum_i a_i min(lam, t_i) = need`` (inf when unreachable).
+
+    Coordinates with ``a_i = 0`` add nothing to any partial sum, so wherever their ``t_i`` sorts
+    they leave the solution unchanged."""
     t_sorted, order = t.sort(dim=1)
     a_sorted = a.gather(1, order)
     total = a_sorted.sum(1, keepdim=True)
@@ -125,7 +135,7 @@ def _water_level(a: Tensor, t: Tensor, need: Tensor) -> Tensor:
     # weight still growing with lam: a suffix sum (not total - prefix, which cancels in float32)
     rest = a_sorted.flip(1).cumsum(1).flip(1) - a_sorted
     reached = filled + t_sorted * rest >= need[:, None]  # h(t_k) >= need, monotone in k
-    k = reached.long().argmax(1, keepdim=True)
+    k = reached.to(torch.uint8).argmax(1, keepdim=True)  # the first breakpoint reached
     prev = (k - 1).clamp_min(0)
     first = k == 0
     prev_filled = torch.where(first, 0.0, filled.gather(1, prev))[:, 0]

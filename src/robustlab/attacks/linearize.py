@@ -33,7 +33,8 @@ def class_gradients(
     for m in range(classes.shape[1]):
         (g,) = torch.autograd.grad(f[:, m].sum(), x, retain_graph=m + 1 < classes.shape[1])
         grads.append(g)
-    return f.detach(), torch.stack(grads, dim=1), logits.detach()
+    w = grads[0].unsqueeze(1) if len(grads) == 1 else torch.stack(grads, dim=1)
+    return f.detach(), w, logits.detach()
 
 
 def boundary_distances(f: Tensor, w: Tensor, norm: str) -> Tensor:
@@ -43,6 +44,8 @@ def boundary_distances(f: Tensor, w: Tensor, norm: str) -> Tensor:
 
 def closest_boundary(f: Tensor, w: Tensor, norm: str) -> tuple[Tensor, Tensor]:
     """The nearest linearised boundary per sample: its ``f`` (N,) and ``w`` (N, ...)."""
+    if f.shape[1] == 1:  # one candidate (a targeted attack): nothing to choose
+        return f[:, 0], w[:, 0]
     idx = boundary_distances(f, w, norm).argmin(1)
     rows = torch.arange(f.shape[0], device=f.device)
     return f[rows, idx], w[rows, idx]

@@ -38,6 +38,9 @@ _HALVINGS = (
 )  # iterations (of 10,000) at which p halves
 
 
+_MAX_REDRAWS = 100  # sign redraws for a Linf proposal that would not change the perturbation
+
+
 def square_fraction(p_init: float, it: int, queries: int) -> float:
     """The schedule of the paper: ``p`` halves at fixed iterations, rescaled to ``queries``."""
     it = int(it / queries * 10000)
@@ -55,7 +58,17 @@ def _window_masks(n: int, h: int, w: int, sh: int, sw: int, gen, device) -> Tens
     left = torch.randint(0, w - sw + 1, (n, 1, 1, 1), generator=gen, device=device)
     rows = torch.arange(h, device=device).view(1, 1, h, 1)
     cols = torch.arange(w, device=device).view(1, 1, 1, w)
-    return (rows >= top) & (rows < top + sh) & (cols >= left) & (cols < left + sw)
+    return ((rows >= top) & (rows < top + sh)) & ((cols >= left) & (cols < left + sw))
+
+
+def _window_index(n: int, h: int, w: int, sh: int, sw: int, gen, device) -> Tensor:
+    """(n, sh*sw) flat pixel indices (into ``h * w``) of one random ``sh x sw`` window per sample;
+    the same draws as :func:`_window_masks`."""
+    top = torch.randint(0, h - sh + 1, (n, 1, 1), generator=gen, device=device)
+    left = torch.randint(0, w - sw + 1, (n, 1, 1), generator=gen, device=device)
+    rows = top + torch.arange(sh, device=device).view(1, -1, 1)
+    cols = left + torch.arange(sw, device=device).view(1, 1, -1)
+    return (rows * w + cols).view(n, sh * sw)
 
 
 def _pseudo_gaussian(sh: int, sw: int, device, dtype) -> Tensor:
@@ -134,15 +147,34 @@ class Square(Attack):
         radius = torch.as_tensor(radius, dtype=delta.dtype, device=delta.device)
         return delta * (radius / norm).view(-1, 1, 1, 1)
 
-    def _propose_linf(self, x, delta, sh, sw, gen) -> Tensor:
+    def _propose_linf(self, x: Tensor, x_adv: Tensor, sh: int, sw: int, gen) -> Tensor:
+        """``x_adv`` with one random window set to ``clip(x +- eps)``, one sign per channel."""
         n, c, h, w = x.shape
-        mask = _window_masks(n, h, w, sh, sw, gen, x.device)
-        value = _rand_sign((n, c, 1, 1), gen, x.device, x.dtype) * self.threat.eps
-        return torch.where(mask, (x + value).clamp(0, 1) - x, delta)
+        idx = _window_index(n, h, w, sh, sw, gen, x.device)[:, None, :].expand(n, c, -1)
+        x_win = x.reshape(n, c, -1).gather(2, idx)
+        current = x_adv.reshape(n, c, -1).gather(2, idx)
 
-    def _propose_l2(self, x, delta, sh, sw, gen) -> Tensor:
+        def draw(rows: Tensor) -> Tensor:
+            sign = _rand_sign((rows.shape[0], c, 1), gen, x.device, x.dtype)
+            return (rows + sign * self.threat.eps).clamp(0, 1)
+
+        new = draw(x_win)
+        # a proposal that leaves the window as it is wastes its query: redraw its signs (as the
+        # authors' code does); with eps > 0 the two signs always differ, so this ends quickly
+        for _ in range(_MAX_REDRAWS):
+            same = (new == current).flatten(1).all(1).nonzero().squeeze(1)
+            if same.numel() == 0:
+                break
+            new[same] = draw(x_win[same])
+        cand = x_adv.clone()
+        cand.view(n, c, -1).scatter_(2, idx, new)
+        return cand
+
+    def _propose_l2(self, x: Tensor, x_adv: Tensor, sh: int, sw: int, gen) -> Tensor:
+        """Move the perturbation mass of a second window into a random first window (Sec. 3.2)."""
         n, c, h, w = x.shape
         eps = self.threat.eps
+        delta = x_adv - x
         m1 = _window_masks(n, h, w, sh, sw, gen, x.device)
         m2 = _window_masks(n, h, w, sh, sw, gen, x.device) & ~m1
         both = m1 | m2
@@ -166,8 +198,7 @@ class Square(Attack):
         new = new / new.pow(2).sum((2, 3), keepdim=True).sqrt().clamp_min(1e-12)
         new = new * mass.sqrt().view(n, c, 1, 1)
         delta = torch.where(both, torch.zeros_like(delta), delta) + new * m1
-        x_new = (x + delta).clamp(0, 1)
-        return self.threat.project(x_new, x) - x
+        return self.threat.project((x + delta).clamp(0, 1), x)
 
     # --------------------------------------------------------------------- the random search
     def perturb(self, model, x, y, target, generator):
@@ -177,22 +208,26 @@ class Square(Attack):
         linf = self.threat.norm == "linf"
         if self.threat.eps == 0:
             return x.clone()
+        propose = self._propose_linf if linf else self._propose_l2
         delta = self._init_linf(xi, generator) if linf else self._init_l2(xi, generator)
-        delta = self.threat.project(xi + delta, xi) - xi
-        loss, done = self._loss(model, (xi + delta).reshape(shape), y, target)
-        active = (~done).nonzero().squeeze(1)
+        x_best = self.threat.project(xi + delta, xi)
+        loss, done = self._loss(model, x_best.reshape(shape), y, target)
+        # the points still to fool, kept compacted (re-indexed only when some are fooled)
+        idx = (~done).nonzero().squeeze(1)
+        xa, xb, ya, la = xi[idx], x_best[idx], y[idx], loss[idx]
+        ta = target[idx] if target is not None else None
         for it in range(1, self.queries):
-            if active.numel() == 0:
+            if idx.numel() == 0:
                 break
             sh, sw = self._window(square_fraction(self.p_init, it, self.queries), h, w, c)
-            xa, da = xi[active], delta[active]
-            propose = self._propose_linf if linf else self._propose_l2
-            cand = propose(xa, da, sh, sw, generator)
-            ta = target[active] if target is not None else None
-            new_loss, hit = self._loss(model, (xa + cand).reshape(-1, *shape[1:]), y[active], ta)
-            better = new_loss < loss[active]
-            delta[active[better]] = cand[better]
-            loss[active[better]] = new_loss[better]
-            done[active[hit]] = True
-            active = active[~hit]
-        return (xi + delta).reshape(shape).clamp(0, 1)
+            cand = propose(xa, xb, sh, sw, generator)
+            new_loss, hit = self._loss(model, cand.reshape(-1, *shape[1:]), ya, ta)
+            better = new_loss < la
+            xb[better], la[better] = cand[better], new_loss[better]
+            if hit.any():
+                x_best[idx] = xb
+                keep = ~hit
+                idx, xa, xb, ya, la = idx[keep], xa[keep], xb[keep], ya[keep], la[keep]
+                ta = ta[keep] if ta is not None else None
+        x_best[idx] = xb
+        return x_best.reshape(shape)

@@ -1,0 +1,232 @@
+"""Faster exact CPU kernels for the layers that dominate small CNNs under attack.
+
+An attack evaluates the same small network thousands of times, and on the CPU two of PyTorch's
+default kernels cost several times their arithmetic (torch 2.13; ``bench/kernel_speed.py``):
+
+- max pooling whose window equals its stride (``nn.MaxPool2d(2)``) in a forward pass without
+  gradients: the maximum of the window's strided slices (rows first, then columns) runs about 10x
+  faster on NCHW inputs (2x on channels-last ones) and gives bit-identical outputs (NaN included);
+- the input gradient of a stride-1 convolution with at most 4 input channels (a first layer):
+  oneDNN's backward-data kernel is 2-4x slower, for most such layers, than the same gradient
+  computed as a convolution with the flipped, transposed kernel,
+  ``dx = conv2d(dy, flip(W)^T, padding = k - 1 - p)``, or as ``dx = col2im(W^T dy)``. The forward
+  pass and the weight and bias gradients stay PyTorch's; the input gradient agrees with PyTorch's
+  to float rounding.
+
+:func:`fast_kernels` is a context manager (a ``TorchFunctionMode``) that reroutes exactly these
+calls while it is active; attacks enter it around every model call on the CPU. Everything else
+(other devices, dtypes, strides, padding modes, pooling with gradients or ``return_indices``) goes
+to PyTorch unchanged. Switch it off with ``ROBUSTLAB_FAST_KERNELS=0`` or :func:`set_fast_kernels`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+from torch.overrides import TorchFunctionMode
+
+_ENABLED = os.environ.get("ROBUSTLAB_FAST_KERNELS", "1").strip().lower() not in ("0", "false", "no")
+_FLOATS = (torch.float32, torch.float64)
+
+
+def set_fast_kernels(enabled: bool) -> None:
+    """Turn the rerouting of :func:`fast_kernels` on or off for the whole process."""
+    global _ENABLED
+    _ENABLED = bool(enabled)
+
+
+def _pair(v) -> tuple[int, int] | None:
+    if isinstance(v, int):
+        return (v, v)
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) for i in v):
+        return (int(v[0]), int(v[1]))
+    if isinstance(v, (tuple, list)) and len(v) == 1 and isinstance(v[0], int):
+        return (int(v[0]), int(v[0]))
+    return None
+
+
+# --------------------------------------------------------------------------- max pooling
+def _tiled_max(x: Tensor, kh: int, kw: int) -> Tensor:
+    """Max pooling with window = stride ``(kh, kw)``: the maximum over the ``kh`` rows of each
+    window (whole rows, contiguous), then over the ``kw`` columns of the result."""
+    ho, wo = x.shape[-2] // kh, x.shape[-1] // kw
+    x = x[..., : ho * kh, : wo * kw]
+    rows = x[..., 0::kh, :]
+    for i in range(1, kh):
+        rows = torch.maximum(rows, x[..., i::kh, :])
+    out = rows[..., 0::kw]
+    for j in range(1, kw):
+        out = torch.maximum(out, rows[..., j::kw])
+    return out
+
+
+def _layout(x: Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _max_pool2d(
+    input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+):
+    """The maximum of the strided window slices when it applies (no gradient needed, window =
+    stride, no padding), else None: the caller falls back to PyTorch."""
+    k = _pair(kernel_size)
+    s = (
+        k
+        if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0)
+        else _pair(stride)
+    )
+    if (
+        return_indices
+        or (torch.is_grad_enabled() and isinstance(input, Tensor) and input.requires_grad)
+        or ceil_mode
+        or k is None
+        or s != k
+        or _pair(padding) != (0, 0)
+        or _pair(dilation) != (1, 1)
+        or not isinstance(input, Tensor)
+        or input.dim() != 4
+        or input.device.type != "cpu"
+        or input.dtype not in _FLOATS
+        or input.shape[-2] < k[0]
+        or input.shape[-1] < k[1]
+    ):
+        return None
+    return _tiled_max(input, k[0], k[1]).contiguous(memory_format=_layout(input))
+
+
+# --------------------------------------------------------------------------- convolution
+def _grad_flipped(g: Tensor, w: Tensor, padding: tuple[int, int], size) -> Tensor:
+    """``dx = conv2d(dy, flip(W)^T, padding = k - 1 - p)``."""
+    kh, kw = w.shape[-2:]
+    flipped = w.flip(2, 3).transpose(0, 1)
+    return F.conv2d(g, flipped, padding=(kh - 1 - padding[0], kw - 1 - padding[1]))
+
+
+def _grad_col2im(g: Tensor, w: Tensor, padding: tuple[int, int], size) -> Tensor:
+    """``dx = col2im(W^T dy)``: one matrix product, then the patches summed back into the image."""
+    cols = torch.matmul(w.reshape(w.shape[0], -1).t(), g.reshape(g.shape[0], g.shape[1], -1))
+    return F.fold(cols, size, w.shape[-2:], padding=padding)
+
+
+_INPUT_GRADIENTS = {"flipped": _grad_flipped, "col2im": _grad_col2im}
+#: first layers: oneDNN's backward-data is slow for this few input channels
+_FEW_CHANNELS = 4
+_MANY_FILTERS = 32
+
+
+def input_gradient_kernel(in_channels: int, out_channels: int) -> str | None:
+    """The kernel for a stride-1 convolution's input gradient: ``"flipped"`` or ``"col2im"`` for a
+    layer with at most 4 input channels (col2im from 32 filters on), None (PyTorch's) otherwise.
+
+    A fixed rule rather than timing each call, so that results never depend on the machine's load;
+    measured on x86 CPUs with ``bench/kernel_speed.py``, which prints the table to re-check.
+    """
+    if in_channels > _FEW_CHANNELS:
+        return None
+    return "col2im" if out_channels >= _MANY_FILTERS else "flipped"
+
+
+class _Conv2dFirstLayer(torch.autograd.Function):
+    """``conv2d`` with stride 1, dilation 1, one group: PyTorch's forward, the input gradient from
+    the kernel :func:`input_gradient_kernel` names, weight and bias gradients from PyTorch."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, padding, kernel: str) -> Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.padding, ctx.kernel = padding, kernel
+        ctx.has_bias = b is not None
+        return F.conv2d(x, w, b, padding=padding)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, w = ctx.saved_tensors
+        need_x, need_w, need_b, _, _ = ctx.needs_input_grad
+        dx = dw = db = None
+        if need_x:
+            dx = _INPUT_GRADIENTS[ctx.kernel](grad, w, ctx.padding, x.shape[-2:])
+        if need_w or need_b:
+            _, dw, db = torch.ops.aten.convolution_backward(
+                grad,
+                x,
+                w,
+                [w.shape[0]] if ctx.has_bias else None,
+                [1, 1],
+                list(ctx.padding),
+                [1, 1],
+                False,
+                [0, 0],
+                1,
+                [False, need_w, need_b and ctx.has_bias],
+            )
+        return dx, dw if need_w else None, db if need_b else None, None, None
+
+
+def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, frozen=False):
+    """The first-layer convolution when it applies, else None. ``frozen``: no gradient flows to
+    ``weight`` and ``bias`` (the caller needs input gradients only)."""
+    p = _pair(padding)
+    if (
+        not torch.is_grad_enabled()
+        or not isinstance(input, Tensor)
+        or not input.requires_grad
+        or input.dim() != 4
+        or input.device.type != "cpu"
+        or input.dtype not in _FLOATS
+        or weight.dtype != input.dtype
+        or groups != 1
+        or _pair(stride) != (1, 1)
+        or _pair(dilation) != (1, 1)
+        or p is None
+        or not (0 <= p[0] < weight.shape[-2] and 0 <= p[1] < weight.shape[-1])
+    ):
+        return None
+    kernel = input_gradient_kernel(weight.shape[1], weight.shape[0])
+    if kernel is None:
+        return None
+    if frozen:
+        weight, bias = weight.detach(), bias.detach() if bias is not None else None
+    return _Conv2dFirstLayer.apply(input, weight, bias, p, kernel)
+
+
+_REROUTES = {F.max_pool2d: _max_pool2d, torch.max_pool2d: _max_pool2d, torch.conv2d: _conv2d}
+
+
+class _FastKernelMode(TorchFunctionMode):
+    def __init__(self, weight_gradients: bool) -> None:
+        super().__init__()
+        self.frozen = not weight_gradients
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        reroute = _REROUTES.get(func)
+        if reroute is not None:
+            extra = {"frozen": True} if self.frozen and reroute is _conv2d else {}
+            out = reroute(*args, **kwargs, **extra)
+            if out is not None:
+                return out
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def fast_kernels(
+    device: torch.device | str = "cpu", *, weight_gradients: bool = True
+) -> Iterator[None]:
+    """Reroute CPU max pooling and convolution input gradients to the faster exact kernels (see
+    the module docstring) inside the block; a no-op on other devices or when switched off.
+
+    ``weight_gradients=False`` promises that only input gradients are taken (as in an attack): the
+    rerouted convolutions then skip the weight and bias gradients, which a custom backward cannot
+    otherwise know are unused.
+    """
+    active = _ENABLED and torch.device(device).type == "cpu"
+    with _FastKernelMode(weight_gradients) if active else nullcontext():
+        yield
