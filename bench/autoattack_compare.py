@@ -41,7 +41,7 @@ def robust_mask(model, x, x_adv, y, threat: Threat) -> torch.Tensor:
     return correct | ~threat.contains(x_adv, x)  # a point outside the ball does not count
 
 
-def run_reference(model, x, y, eps: float, seed: int) -> tuple[torch.Tensor, float]:
+def run_reference(model, x, y, eps: float, seed: int) -> tuple[torch.Tensor, float, float]:
     from pyautoattack import AutoAttack as ReferenceAutoAttack
 
     adversary = ReferenceAutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed)

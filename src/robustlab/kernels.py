@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -197,20 +198,21 @@ def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     return _Conv2dFirstLayer.apply(input, weight, bias, p, kernel)
 
 
-_REROUTES = {F.max_pool2d: _max_pool2d, torch.max_pool2d: _max_pool2d, torch.conv2d: _conv2d}
-
-
 class _FastKernelMode(TorchFunctionMode):
     def __init__(self, weight_gradients: bool) -> None:
         super().__init__()
-        self.frozen = not weight_gradients
+        conv2d = partial(_conv2d, frozen=not weight_gradients)
+        self.reroutes = {
+            F.max_pool2d: _max_pool2d,
+            torch.max_pool2d: _max_pool2d,
+            torch.conv2d: conv2d,
+        }
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        reroute = _REROUTES.get(func)
+        reroute = self.reroutes.get(func)
         if reroute is not None:
-            extra = {"frozen": True} if self.frozen and reroute is _conv2d else {}
-            out = reroute(*args, **kwargs, **extra)
+            out = reroute(*args, **kwargs)
             if out is not None:
                 return out
         return func(*args, **kwargs)

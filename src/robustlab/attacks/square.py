@@ -52,23 +52,20 @@ def _as_image(x: Tensor) -> Tensor:
     return x if x.dim() == 4 else x.reshape(x.shape[0], 1, 1, -1)
 
 
-def _window_masks(n: int, h: int, w: int, sh: int, sw: int, gen, device) -> Tensor:
-    """(n, 1, h, w) bool masks of one random ``sh x sw`` window per sample."""
-    top = torch.randint(0, h - sh + 1, (n, 1, 1, 1), generator=gen, device=device)
-    left = torch.randint(0, w - sw + 1, (n, 1, 1, 1), generator=gen, device=device)
-    rows = torch.arange(h, device=device).view(1, 1, h, 1)
-    cols = torch.arange(w, device=device).view(1, 1, 1, w)
-    return ((rows >= top) & (rows < top + sh)) & ((cols >= left) & (cols < left + sw))
-
-
 def _window_index(n: int, h: int, w: int, sh: int, sw: int, gen, device) -> Tensor:
-    """(n, sh*sw) flat pixel indices (into ``h * w``) of one random ``sh x sw`` window per sample;
-    the same draws as :func:`_window_masks`."""
+    """(n, sh*sw) flat pixel indices (into ``h * w``) of one random ``sh x sw`` window per sample."""
     top = torch.randint(0, h - sh + 1, (n, 1, 1), generator=gen, device=device)
     left = torch.randint(0, w - sw + 1, (n, 1, 1), generator=gen, device=device)
     rows = top + torch.arange(sh, device=device).view(1, -1, 1)
     cols = left + torch.arange(sw, device=device).view(1, 1, -1)
     return (rows * w + cols).view(n, sh * sw)
+
+
+def _window_masks(n: int, h: int, w: int, sh: int, sw: int, gen, device) -> Tensor:
+    """(n, 1, h, w) bool masks of the windows :func:`_window_index` draws."""
+    index = _window_index(n, h, w, sh, sw, gen, device)
+    mask = torch.zeros(n, h * w, dtype=torch.bool, device=device).scatter_(1, index, True)
+    return mask.view(n, 1, h, w)
 
 
 def _pseudo_gaussian(sh: int, sw: int, device, dtype) -> Tensor:
