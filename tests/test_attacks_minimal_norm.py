@@ -327,6 +327,29 @@ def test_hyperplane_projection_with_box_equals_the_linear_program(norm):
     assert checked >= n // 2  # most planes are reachable: the comparison is not vacuous
 
 
+def test_water_level_by_selection_equals_the_full_sort_on_many_coordinates():
+    # MNIST-like box room (many 0 and 1), needs from zero to unreachable: the solution lies
+    # within the selected breakpoints for some rows and past them (full sort) for others
+    from robustlab.attacks import geometry
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 60, 784
+    t = torch.rand(n, d, generator=g, dtype=torch.float64)
+    t = torch.where(t < 0.4, 0.0, torch.where(t > 0.8, 1.0, t))
+    a = torch.rand(n, d, generator=g, dtype=torch.float64) * (torch.rand(n, d, generator=g) > 0.1)
+    capacity = (a * t).sum(1)
+    need = capacity * torch.linspace(0.0, 1.2, n, dtype=torch.float64)
+    lam = geometry._water_level(a, t, need)
+    ref = geometry._water_level_sorted(a, t, need)
+    torch.testing.assert_close(lam, ref, rtol=1e-12, atol=0.0)
+    reachable = need <= capacity
+    assert torch.isinf(lam[~reachable]).all() and torch.isfinite(lam[reachable]).all()
+    h = (a * torch.minimum(lam[:, None], t)).sum(1)
+    torch.testing.assert_close(h[reachable], need[reachable], rtol=1e-10, atol=1e-12)
+    passed = ((t > 0) & (t < lam[:, None])).sum(1)[reachable]  # breakpoints below lam
+    assert (passed < geometry._PREFIX).any() and (passed > geometry._PREFIX).any()
+
+
 def test_hyperplane_projection_unreachable_and_zero_gradients():
     # the box cannot reach the plane: the corner furthest along w, no NaN where w_i = 0
     p = torch.tensor([[0.0, 0.5, 1.0, 0.2]])

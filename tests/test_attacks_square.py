@@ -46,6 +46,20 @@ def test_linf_proposals_always_change_the_window(channels):
         x_adv = cand
 
 
+def test_linf_redraw_is_uniform_over_the_other_sign_patterns():
+    # 2 channels, 1x1 images: 4 sign patterns; the current one is never proposed again and the
+    # other 3 come out equally often, as when redrawing until the window changes
+    gen = torch.Generator().manual_seed(0)
+    x = torch.full((6000, 2, 1, 1), 0.5)
+    attack = Square("linf:0.1", queries=10)
+    x_adv = x + torch.tensor([0.1, -0.1]).view(1, 2, 1, 1)
+    signs = torch.sign(attack._propose_linf(x, x_adv, 1, 1, gen) - x).flatten(1)
+    assert not (signs == torch.tensor([1.0, -1.0])).all(1).any()
+    for pattern in ([1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0]):
+        share = (signs == torch.tensor(pattern)).all(1).float().mean().item()
+        assert share == pytest.approx(1 / 3, abs=0.03)
+
+
 def test_window_index_and_window_masks_draw_the_same_windows():
     masks = _window_masks(9, 10, 12, 3, 4, torch.Generator().manual_seed(5), "cpu")
     index = _window_index(9, 10, 12, 3, 4, torch.Generator().manual_seed(5), "cpu")

@@ -66,7 +66,8 @@ def test_every_conv_input_gradient_kernel_equals_autograd(cin, cout, k, padding,
 
 
 def test_the_input_gradient_rule_covers_first_layers_only():
-    assert kernels.input_gradient_kernel(1, 6) == "flipped"
+    assert kernels.input_gradient_kernel(1, 6) == "depthwise"
+    assert kernels.input_gradient_kernel(3, 16) == "flipped"
     assert kernels.input_gradient_kernel(3, 64) == "col2im"
     assert kernels.input_gradient_kernel(16, 32) is None  # PyTorch's kernel
 

@@ -9,9 +9,10 @@ default kernels cost several times their arithmetic (torch 2.13; ``bench/kernel_
 - the input gradient of a stride-1 convolution with at most 4 input channels (a first layer):
   oneDNN's backward-data kernel is 2-4x slower, for most such layers, than the same gradient
   computed as a convolution with the flipped, transposed kernel,
-  ``dx = conv2d(dy, flip(W)^T, padding = k - 1 - p)``, or as ``dx = col2im(W^T dy)``. The forward
-  pass and the weight and bias gradients stay PyTorch's; the input gradient agrees with PyTorch's
-  to float rounding.
+  ``dx = conv2d(dy, flip(W)^T, padding = k - 1 - p)``, as ``dx = col2im(W^T dy)``, or, for one
+  input channel, as a depthwise convolution of ``dy`` with the flipped filters summed over them.
+  The forward pass and the weight and bias gradients stay PyTorch's; the input gradient agrees
+  with PyTorch's to float rounding.
 
 :func:`fast_kernels` is a context manager (a ``TorchFunctionMode``) that reroutes exactly these
 calls while it is active; attacks enter it around every model call on the CPU. Everything else
@@ -117,22 +118,44 @@ def _grad_col2im(g: Tensor, w: Tensor, padding: tuple[int, int], size) -> Tensor
     return F.fold(cols, size, w.shape[-2:], padding=padding)
 
 
-_INPUT_GRADIENTS = {"flipped": _grad_flipped, "col2im": _grad_col2im}
+def _grad_depthwise(g: Tensor, w: Tensor, padding: tuple[int, int], size) -> Tensor:
+    """``dx_c = sum_o conv2d(dy_o, flip(W_oc))``: a grouped convolution with one group per filter
+    (channels-last, where oneDNN vectorises it over the filters), summed over the filters."""
+    cout, cin, kh, kw = w.shape
+    per_filter = F.conv2d(
+        g.contiguous(memory_format=torch.channels_last),
+        w.flip(2, 3).reshape(cout * cin, 1, kh, kw),
+        padding=(kh - 1 - padding[0], kw - 1 - padding[1]),
+        groups=cout,
+    )
+    n, _, h, wd = per_filter.shape
+    if cin > 1 or not per_filter.is_contiguous(memory_format=torch.channels_last):
+        return per_filter.unflatten(1, (cout, cin)).sum(1)
+    # one input channel: the sum over the innermost (filter) dimension as a matrix-vector
+    # product, about twice as fast as the reduction
+    summed = per_filter.permute(0, 2, 3, 1).reshape(-1, cout) @ per_filter.new_ones(cout)
+    return summed.view(n, 1, h, wd)
+
+
+_INPUT_GRADIENTS = {"flipped": _grad_flipped, "col2im": _grad_col2im, "depthwise": _grad_depthwise}
 #: first layers: oneDNN's backward-data is slow for this few input channels
 _FEW_CHANNELS = 4
 _MANY_FILTERS = 32
 
 
 def input_gradient_kernel(in_channels: int, out_channels: int) -> str | None:
-    """The kernel for a stride-1 convolution's input gradient: ``"flipped"`` or ``"col2im"`` for a
-    layer with at most 4 input channels (col2im from 32 filters on), None (PyTorch's) otherwise.
+    """The kernel for a stride-1 convolution's input gradient in a layer with at most 4 input
+    channels: ``"col2im"`` from 32 filters on, below that ``"depthwise"`` for one input channel and
+    ``"flipped"`` for more; None (PyTorch's) for wider layers.
 
     A fixed rule rather than timing each call, so that results never depend on the machine's load;
     measured on x86 CPUs with ``bench/kernel_speed.py``, which prints the table to re-check.
     """
     if in_channels > _FEW_CHANNELS:
         return None
-    return "col2im" if out_channels >= _MANY_FILTERS else "flipped"
+    if out_channels >= _MANY_FILTERS:
+        return "col2im"
+    return "depthwise" if in_channels == 1 else "flipped"
 
 
 class _Conv2dFirstLayer(torch.autograd.Function):

@@ -123,26 +123,62 @@ def _plane_level(a: Tensor, t: Tensor | None, need: Tensor) -> Tensor:
     return _water_level(a, t, need)
 
 
-def _water_level(a: Tensor, t: Tensor, need: Tensor) -> Tensor:
-    """Smallest ``lam >= 0`` with ``sum_i a_i min(lam, t_i) = need`` (inf when unreachable).
+#: breakpoints searched by partial selection before a full sort: FAB's Linf steps on MNIST pass
+#: fewer than 96 of 784 breakpoints in about 95% of rows
+_PREFIX = 96
 
-    Coordinates with ``a_i = 0`` add nothing to any partial sum, so wherever their ``t_i`` sorts
-    they leave the solution unchanged."""
-    t_sorted, order = t.sort(dim=1)
-    a_sorted = a.gather(1, order)
-    total = a_sorted.sum(1, keepdim=True)
-    filled = (a_sorted * t_sorted).cumsum(1)  # contribution of the saturated coordinates
+
+def _water_level(a: Tensor, t: Tensor, need: Tensor) -> Tensor:
+    """Smallest ``lam >= 0`` with ``sum_i a_i min(lam, t_i) = need`` (inf when unreachable), for
+    ``a, t >= 0``.
+
+    ``h(lam) = sum_i a_i min(lam, t_i)`` is piecewise linear with breakpoints at the ``t_i``; the
+    solution lies after the last breakpoint ``t_j`` with ``h(t_j) < need``. Only the breakpoints below
+    ``lam`` have to be in sorted order, usually a few of many, so the smallest ``_PREFIX`` are
+    selected first (``topk``) and rows whose solution lies beyond them are sorted in full.
+    Coordinates with ``t_i = 0`` add nothing for any ``lam`` and are left out of the selection.
+    """
+    if a.shape[1] <= 2 * _PREFIX:
+        return _water_level_sorted(a, t, need)
+    saturable = t > 0
+    a = a * saturable
+    t_sel = t + (~saturable) * torch.finfo(t.dtype).max  # left out: after every breakpoint
+    t_s, order = t_sel.topk(_PREFIX, dim=1, largest=False)
+    a_s = a.gather(1, order)
+    tail = a.scatter(1, order, 0.0).sum(1)  # weight of the breakpoints after the selection
+    lam, found = _level_on_sorted(a_s, t_s, tail, need)
+    unreachable = (a * t).sum(1) < need  # h(inf) < need
+    lam = torch.where(unreachable, math.inf, lam)
+    rest = (~found & ~unreachable).nonzero().squeeze(1)
+    if rest.numel():
+        lam[rest] = _water_level_sorted(a[rest], t[rest], need[rest])
+    return torch.where(need > 0, lam, torch.zeros_like(lam))
+
+
+def _water_level_sorted(a: Tensor, t: Tensor, need: Tensor) -> Tensor:
+    """:func:`_water_level` over all breakpoints in sorted order."""
+    t_s, order = t.sort(dim=1)
+    lam, found = _level_on_sorted(a.gather(1, order), t_s, torch.zeros_like(need), need)
+    lam = torch.where(found, lam, torch.full_like(lam, math.inf))
+    return torch.where(need > 0, lam, torch.zeros_like(lam))
+
+
+def _level_on_sorted(
+    a_s: Tensor, t_s: Tensor, tail: Tensor, need: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``lam`` from the first breakpoints in ascending order ``t_s`` with their weights ``a_s``,
+    ``tail`` the weight of all later ones; ``found`` is False where ``h`` stays below ``need`` up
+    to the last breakpoint given."""
+    filled = (a_s * t_s).cumsum(1)  # contribution of the saturated coordinates
     # weight still growing with lam: a suffix sum (not total - prefix, which cancels in float32)
-    rest = a_sorted.flip(1).cumsum(1).flip(1) - a_sorted
-    reached = filled + t_sorted * rest >= need[:, None]  # h(t_k) >= need, monotone in k
+    rest = a_s.flip(1).cumsum(1).flip(1) - a_s + tail[:, None]
+    reached = filled + t_s * rest >= need[:, None]  # h(t_k) >= need, monotone in k
     k = reached.to(torch.uint8).argmax(1, keepdim=True)  # the first breakpoint reached
     prev = (k - 1).clamp_min(0)
-    first = k == 0
-    prev_filled = torch.where(first, 0.0, filled.gather(1, prev))[:, 0]
-    prev_rest = torch.where(first, total, rest.gather(1, prev))[:, 0]
-    lam = (need - prev_filled) / prev_rest.clamp_min(1e-30)
-    lam = torch.where(reached.any(1), lam, torch.full_like(lam, math.inf))
-    return torch.where(need > 0, lam, torch.zeros_like(lam))
+    first = (k == 0)[:, 0]
+    prev_filled = torch.where(first, 0.0, filled.gather(1, prev)[:, 0])
+    prev_rest = torch.where(first, a_s.sum(1) + tail, rest.gather(1, prev)[:, 0])
+    return (need - prev_filled) / prev_rest.clamp_min(1e-30), reached.any(1)
 
 
 def _l1_knapsack(aw: Tensor, room: Tensor, need: Tensor) -> Tensor:

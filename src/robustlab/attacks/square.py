@@ -38,9 +38,6 @@ _HALVINGS = (
 )  # iterations (of 10,000) at which p halves
 
 
-_MAX_REDRAWS = 100  # sign redraws for a Linf proposal that would not change the perturbation
-
-
 def square_fraction(p_init: float, it: int, queries: int) -> float:
     """The schedule of the paper: ``p`` halves at fixed iterations, rescaled to ``queries``."""
     it = int(it / queries * 10000)
@@ -145,24 +142,26 @@ class Square(Attack):
         return delta * (radius / norm).view(-1, 1, 1, 1)
 
     def _propose_linf(self, x: Tensor, x_adv: Tensor, sh: int, sw: int, gen) -> Tensor:
-        """``x_adv`` with one random window set to ``clip(x +- eps)``, one sign per channel."""
+        """``x_adv`` with one random window set to ``clip(x +- eps)``, one sign per channel.
+
+        A proposal that leaves the window as it is would waste its query, so the authors' code
+        redraws its signs until the window changes. With eps > 0 the two signs of a channel give
+        different pixels, so exactly one sign pattern reproduces the window and redrawing is a
+        uniform draw among the other ``2^c - 1`` patterns: the signs of a uniform non-empty subset
+        of the channels are flipped, in one draw.
+        """
         n, c, h, w = x.shape
         idx = _window_index(n, h, w, sh, sw, gen, x.device)[:, None, :].expand(n, c, -1)
         x_win = x.reshape(n, c, -1).gather(2, idx)
-        current = x_adv.reshape(n, c, -1).gather(2, idx)
-
-        def draw(rows: Tensor) -> Tensor:
-            sign = _rand_sign((rows.shape[0], c, 1), gen, x.device, x.dtype)
-            return (rows + sign * self.threat.eps).clamp(0, 1)
-
-        new = draw(x_win)
-        # a proposal that leaves the window as it is wastes its query: redraw its signs (as the
-        # authors' code does); with eps > 0 the two signs always differ, so this ends quickly
-        for _ in range(_MAX_REDRAWS):
-            same = (new == current).flatten(1).all(1).nonzero().squeeze(1)
-            if same.numel() == 0:
-                break
-            new[same] = draw(x_win[same])
+        sign = _rand_sign((n, c, 1), gen, x.device, x.dtype)
+        new = (x_win + sign * self.threat.eps).clamp(0, 1)
+        same = (new == x_adv.reshape(n, c, -1).gather(2, idx)).flatten(1).all(1)
+        same = same.nonzero().squeeze(1)
+        if same.numel() > 0:
+            subset = torch.randint(1, 2**c, (same.numel(), 1, 1), generator=gen, device=x.device)
+            bits = (subset >> torch.arange(c, device=x.device).view(1, -1, 1)) & 1
+            flipped = sign[same] * (1 - 2 * bits).to(x.dtype)
+            new[same] = (x_win[same] + flipped * self.threat.eps).clamp(0, 1)
         cand = x_adv.clone()
         cand.view(n, c, -1).scatter_(2, idx, new)
         return cand
