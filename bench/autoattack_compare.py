@@ -12,7 +12,11 @@ CPU with ``--threads`` threads; each side is timed around the whole call, wall c
 (``time.perf_counter``) and process CPU time (``time.process_time``, robust to other load).
 Robust accuracy is recomputed here from the returned points (misclassified and inside the ball).
 ``--no-fast-kernels`` runs robustlab without the CPU kernels of ``robustlab.kernels`` (to see how
-much of the difference they make); ``--skip-reference`` leaves the reference out.
+much of the difference they make); ``--skip-reference`` leaves the reference out. ``--repeat k``
+runs both sides k times in alternating order (robustlab first, then the reference first, ...) so
+that a change in the machine's load hits both; times are the best of the k runs, with every run
+listed (the per-attack breakdown is the first run's), and the robust points must be the same in
+every run.
 """
 
 from __future__ import annotations
@@ -57,6 +61,11 @@ def run_robustlab(model, x, y, eps: float, seed: int):
     return result, time.perf_counter() - t0, time.process_time() - c0
 
 
+def best_times(runs) -> tuple[float, float]:
+    """The best wall and CPU time over repeated runs ``(result, wall, cpu)``."""
+    return min(t for _, t, _ in runs), min(c for _, _, c in runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=500, help="test points (the first n)")
@@ -67,7 +76,10 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/autoattack_compare.json")
     parser.add_argument("--no-fast-kernels", action="store_true")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per side, alternating order")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
     torch.set_num_threads(args.threads)
     set_fast_kernels(not args.no_fast_kernels)
     test = mnist("test", args.n)
@@ -78,8 +90,19 @@ def main() -> None:
         model = get_model(kind, verbose=False)
         with torch.no_grad():
             clean = model(x).argmax(1) == y
-        ours, t_ours, cpu_ours = run_robustlab(model, x, y, args.eps, args.seed)
+        ours_runs, ref_runs = [], []
+        for r in range(args.repeat):
+            sides = ("robustlab", "reference") if r % 2 == 0 else ("reference", "robustlab")
+            for side in sides:
+                if side == "robustlab":
+                    ours_runs.append(run_robustlab(model, x, y, args.eps, args.seed))
+                elif not args.skip_reference:
+                    ref_runs.append(run_reference(model, x, y, args.eps, args.seed))
+        ours = ours_runs[0][0]
+        t_ours, cpu_ours = best_times(ours_runs)
         rob_ours = robust_mask(model, x, ours.x_adv, y, threat) & clean
+        same = [torch.equal(robust_mask(model, x, o.x_adv, y, threat) & clean, rob_ours)
+                for o, _, _ in ours_runs]  # fmt: skip
         row = {
             "model": f"mnist-lenet-{kind}",
             "n": len(x),
@@ -89,18 +112,25 @@ def main() -> None:
                 "robust_accuracy": float(rob_ours.float().mean()),
                 "time_s": round(t_ours, 2),
                 "cpu_s": round(cpu_ours, 2),
+                "times_s": [round(t, 2) for _, t, _ in ours_runs],
+                "same_points_every_run": all(same),
                 "fast_kernels": not args.no_fast_kernels,
                 "attacks": ours.extras["attacks"],
             },
         }
         if not args.skip_reference:
-            ref_adv, t_ref, cpu_ref = run_reference(model, x, y, args.eps, args.seed)
+            ref_adv = ref_runs[0][0]
+            t_ref, cpu_ref = best_times(ref_runs)
             rob_ref = robust_mask(model, x, ref_adv, y, threat) & clean
+            same = [torch.equal(robust_mask(model, x, a, y, threat) & clean, rob_ref)
+                    for a, _, _ in ref_runs]  # fmt: skip
             row |= {
                 "reference": {
                     "robust_accuracy": float(rob_ref.float().mean()),
                     "time_s": round(t_ref, 2),
                     "cpu_s": round(cpu_ref, 2),
+                    "times_s": [round(t, 2) for _, t, _ in ref_runs],
+                    "same_points_every_run": all(same),
                 },
                 "points_robust_only_for_robustlab": int((rob_ours & ~rob_ref).sum()),
                 "points_robust_only_for_reference": int((rob_ref & ~rob_ours).sum()),
