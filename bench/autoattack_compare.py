@@ -26,6 +26,7 @@ import json
 import platform
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -61,9 +62,19 @@ def run_robustlab(model, x, y, eps: float, seed: int):
     return result, time.perf_counter() - t0, time.process_time() - c0
 
 
-def best_times(runs) -> tuple[float, float]:
-    """The best wall and CPU time over repeated runs ``(result, wall, cpu)``."""
-    return min(t for _, t, _ in runs), min(c for _, _, c in runs)
+def summarize(runs, robust, clean) -> tuple[torch.Tensor, float, float, dict]:
+    """One side's repeated runs ``(x_adv, wall, cpu)``: the first run's robust mask, the best wall
+    and CPU times, and the JSON entry; ``robust(x_adv)`` marks the points the attack left robust,
+    ``clean`` the correctly classified ones."""
+    masks = [robust(x_adv) & clean for x_adv, _, _ in runs]
+    wall, cpu = min(t for _, t, _ in runs), min(c for _, _, c in runs)
+    return masks[0], wall, cpu, {
+        "robust_accuracy": float(masks[0].float().mean()),
+        "time_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "times_s": [round(t, 2) for _, t, _ in runs],
+        "same_points_every_run": all(torch.equal(m, masks[0]) for m in masks),
+    }
 
 
 def main() -> None:
@@ -98,40 +109,22 @@ def main() -> None:
                     ours_runs.append(run_robustlab(model, x, y, args.eps, args.seed))
                 elif not args.skip_reference:
                     ref_runs.append(run_reference(model, x, y, args.eps, args.seed))
-        ours = ours_runs[0][0]
-        t_ours, cpu_ours = best_times(ours_runs)
-        rob_ours = robust_mask(model, x, ours.x_adv, y, threat) & clean
-        same = [torch.equal(robust_mask(model, x, o.x_adv, y, threat) & clean, rob_ours)
-                for o, _, _ in ours_runs]  # fmt: skip
+        robust = partial(robust_mask, model, x, y=y, threat=threat)
+        attacks = ours_runs[0][0].extras["attacks"]
+        rob_ours, t_ours, cpu_ours, ours = summarize(
+            [(r.x_adv, t, c) for r, t, c in ours_runs], robust, clean
+        )
         row = {
             "model": f"mnist-lenet-{kind}",
             "n": len(x),
             "threat": str(threat),
             "clean_accuracy": float(clean.float().mean()),
-            "robustlab": {
-                "robust_accuracy": float(rob_ours.float().mean()),
-                "time_s": round(t_ours, 2),
-                "cpu_s": round(cpu_ours, 2),
-                "times_s": [round(t, 2) for _, t, _ in ours_runs],
-                "same_points_every_run": all(same),
-                "fast_kernels": not args.no_fast_kernels,
-                "attacks": ours.extras["attacks"],
-            },
+            "robustlab": ours | {"fast_kernels": not args.no_fast_kernels, "attacks": attacks},
         }
         if not args.skip_reference:
-            ref_adv = ref_runs[0][0]
-            t_ref, cpu_ref = best_times(ref_runs)
-            rob_ref = robust_mask(model, x, ref_adv, y, threat) & clean
-            same = [torch.equal(robust_mask(model, x, a, y, threat) & clean, rob_ref)
-                    for a, _, _ in ref_runs]  # fmt: skip
+            rob_ref, t_ref, cpu_ref, ref = summarize(ref_runs, robust, clean)
             row |= {
-                "reference": {
-                    "robust_accuracy": float(rob_ref.float().mean()),
-                    "time_s": round(t_ref, 2),
-                    "cpu_s": round(cpu_ref, 2),
-                    "times_s": [round(t, 2) for _, t, _ in ref_runs],
-                    "same_points_every_run": all(same),
-                },
+                "reference": ref,
                 "points_robust_only_for_robustlab": int((rob_ours & ~rob_ref).sum()),
                 "points_robust_only_for_reference": int((rob_ref & ~rob_ours).sum()),
                 "time_ratio": round(t_ours / t_ref, 3),
