@@ -6,8 +6,12 @@ Part 1, models: the time of one forward pass without gradients (Square's query, 
 one forward+backward to the input (a gradient attack's step) on a batch, with the rerouting of
 ``fast_kernels`` off and on, the input as given and channels-last (what attacks pass on the CPU).
 Part 2, the rule: for first-layer shapes, the time of each input-gradient kernel (oneDNN's through
-``convolution_backward``, the flipped convolution, col2im), with the one
-:func:`robustlab.kernels.input_gradient_kernel` picks. Best of ``--repeats`` timings, one thread.
+``convolution_backward``, the flipped convolution, col2im, depthwise), with the one
+:func:`robustlab.kernels.input_gradient_kernel` picks.
+Part 3, max pooling with gradients (forward and backward to the input): PyTorch's kernel against
+oneDNN's, which ``fast_kernels`` uses.
+Best of ``--repeats`` timings, one thread; the two sides of a comparison alternate call by call, so
+that a change in the machine's load hits both.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import platform
 import sys
 import time
 from contextlib import nullcontext
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -30,16 +35,21 @@ from robustlab.models import build_model
 MODELS = [("lenet", (1, 28, 28), 200), ("madry-cnn", (1, 28, 28), 100), ("smallcnn", (1, 28, 28), 100),
           ("cnn-small", (3, 32, 32), 100)]  # fmt: skip
 FIRST_LAYERS = [(1, 6, 5, 28), (1, 32, 5, 28), (1, 32, 3, 28), (3, 16, 3, 32), (3, 64, 3, 32)]
+#: the pooling inputs of lenet (batch 200) and smallcnn (batch 100): (batch, channels, size)
+POOLINGS = [(200, 6, 28), (200, 16, 10), (100, 32, 24), (100, 64, 8)]
 
 
-def best_ms(fn, repeats: int, *args) -> float:
-    fn(*args)
-    best = float("inf")
+def best_ms(calls: dict, repeats: int) -> dict:
+    """Best time in ms of each zero-argument call, the calls alternating in every repetition."""
+    best = dict.fromkeys(calls, float("inf"))
+    for fn in calls.values():
+        fn()  # warm-up
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(*args)
-        best = min(best, time.perf_counter() - t0)
-    return round(best * 1000, 3)
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: round(t * 1000, 3) for name, t in best.items()}
 
 
 def forward(model, x: torch.Tensor, fast: bool) -> None:
@@ -70,10 +80,12 @@ def model_rows(repeats: int) -> list[dict]:
         model = build_model(name, shape, 10).eval()
         x = torch.rand(n, *shape)
         row = {"model": name, "batch": n}
-        for fast in (False, True):
-            key = "fast" if fast else "pytorch"
-            row[f"forward_ms_{key}"] = best_ms(forward, repeats, model, x, fast)
-            row[f"forward_backward_ms_{key}"] = best_ms(forward_backward, repeats, model, x, fast)
+        for step in (forward, forward_backward):
+            times = best_ms(
+                {fast: partial(step, model, x, fast) for fast in (False, True)}, repeats
+            )
+            for fast, ms in times.items():
+                row[f"{step.__name__}_ms_{'fast' if fast else 'pytorch'}"] = ms
         row["forward_speedup"] = round(row["forward_ms_pytorch"] / row["forward_ms_fast"], 2)
         row["forward_backward_speedup"] = round(
             row["forward_backward_ms_pytorch"] / row["forward_backward_ms_fast"], 2
@@ -90,9 +102,10 @@ def rule_rows(repeats: int, n: int = 100) -> list[dict]:
         w = torch.randn(cout, cin, k, k)
         p = (k // 2, k // 2)
         g = torch.randn_like(F.conv2d(x, w, padding=p))
-        times = {"onednn": best_ms(onednn_input_gradient, repeats, g, x, w, p)}
+        calls = {"onednn": partial(onednn_input_gradient, g, x, w, p)}
         for kname, fn in kernels._INPUT_GRADIENTS.items():
-            times[kname] = best_ms(fn, repeats, g, w, p, x.shape[-2:])
+            calls[kname] = partial(fn, g, w, p, x.shape[-2:])
+        times = best_ms(calls, repeats)
         row = {
             "layer": f"{cin}->{cout} k{k} {hw}x{hw}",
             "batch": n,
@@ -100,6 +113,30 @@ def rule_rows(repeats: int, n: int = 100) -> list[dict]:
             "chosen": input_gradient_kernel(cin, cout) or "onednn",
             "fastest": min(times, key=times.get),
         }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def pool_forward_backward(pool, x: torch.Tensor) -> None:
+    x = x.detach().requires_grad_(True)
+    out = pool(x)
+    torch.autograd.grad(out, x, torch.ones_like(out))
+
+
+def pooling_rows(repeats: int) -> list[dict]:
+    rows = []
+    for n, c, hw in POOLINGS:
+        x = torch.rand(n, c, hw, hw).sub(0.5).relu()  # a ReLU's output: half zeros, many ties
+        calls = {
+            "pytorch": partial(pool_forward_backward, lambda z: F.max_pool2d(z, 2), x),
+            "onednn": partial(
+                pool_forward_backward, lambda z: kernels._onednn_max_pool2d(z, (2, 2)), x
+            ),
+        }
+        times = best_ms(calls, repeats)
+        row = {"input": f"{n}x{c}x{hw}x{hw}", "window": 2, "ms": times}
+        row["speedup"] = round(times["pytorch"] / times["onednn"], 2)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -119,6 +156,7 @@ def main() -> None:
         "threads": 1,
         "models": model_rows(args.repeats),
         "first_layer_input_gradient": rule_rows(args.repeats),
+        "max_pool_with_gradients": pooling_rows(args.repeats),
     }
     atomic_write_json(args.out, out)
     print(f"wrote {args.out}")

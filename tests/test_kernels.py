@@ -39,6 +39,54 @@ def test_max_pool_matches_pytorch_exactly(shape, k, channels_last, monkeypatch):
     assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
+@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 3, 7, 9), (1, 6, 28, 28)])
+@pytest.mark.parametrize("k", [2, 3, (2, 3)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_max_pool_with_gradients_is_onednn_and_matches_pytorch_bit_for_bit(
+    shape, k, channels_last, monkeypatch
+):
+    if not kernels._onednn_pooling_matches_pytorch():  # checked before the spy goes in
+        pytest.skip("this PyTorch build's oneDNN pooling is unavailable or differs")
+    calls = []
+    onednn = kernels._onednn_max_pool2d
+    monkeypatch.setattr(kernels, "_onednn_max_pool2d", lambda *a: calls.append(1) or onednn(*a))
+    # small integers: most windows hold several maxima, and the first one must get the gradient
+    x = torch.randint(0, 3, shape, generator=torch.Generator().manual_seed(2)).float()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out_ref, g_ref = _grad(lambda z: F.max_pool2d(z, k), x)
+    with fast_kernels():
+        out, g = _grad(lambda z: F.max_pool2d(z, k), x)
+    assert calls == [1]
+    assert torch.equal(out, out_ref) and torch.equal(g, g_ref)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")  # printed by torch.backends.mkldnn.flags
+def test_max_pool_with_gradients_falls_back_on_nan_and_when_the_check_fails(monkeypatch):
+    kernels._onednn_pooling_matches_pytorch()  # the one-time check runs before the spy goes in
+    calls = []
+    onednn = kernels._onednn_max_pool2d
+    monkeypatch.setattr(kernels, "_onednn_max_pool2d", lambda *a: calls.append(1) or onednn(*a))
+    x = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(3))
+    x[0, 1, 2, 3] = float("nan")  # oneDNN's maximum would skip it
+    out_ref, g_ref = _grad(lambda z: F.max_pool2d(z, 2), x)
+    with fast_kernels():
+        out, g = _grad(lambda z: F.max_pool2d(z, 2), x)
+    assert calls == []
+    assert torch.equal(out.isnan(), out_ref.isnan()) and out.isnan().sum() == 1
+    assert torch.equal(g.nan_to_num(), g_ref.nan_to_num())
+    with torch.backends.mkldnn.flags(enabled=False), fast_kernels():  # the user's switch
+        _grad(lambda z: F.max_pool2d(z, 2), x.nan_to_num())
+    monkeypatch.setattr(kernels, "_onednn_pooling_matches_pytorch", lambda: False)
+    with fast_kernels():
+        _grad(lambda z: F.max_pool2d(z, 2), x.nan_to_num())
+    assert calls == []
+    with fast_kernels():  # the spy itself works
+        _grad(lambda z: kernels._onednn_max_pool2d(z, (2, 2)), x.nan_to_num())
+    assert calls == [1]
+
+
 def test_max_pool_propagates_nan_like_pytorch():
     x = torch.rand(1, 1, 4, 4)
     x[0, 0, 1, 1] = float("nan")
@@ -103,7 +151,7 @@ def test_first_layer_conv_gives_pytorch_gradients_for_input_weight_and_bias(cin,
         lambda z, w: F.max_pool2d(z, 2, padding=1),
         lambda z, w: F.max_pool2d(z, 3, ceil_mode=True),
         lambda z, w: F.max_pool2d(z, 2, return_indices=True)[0],
-        lambda z, w: F.max_pool2d(z, 2),  # with gradients pooling stays PyTorch's
+        lambda z, w: F.max_pool2d(z.double(), 2),  # oneDNN's pooling: float32 only
     ],
 )
 def test_calls_outside_the_fast_cases_fall_back_to_pytorch(call):

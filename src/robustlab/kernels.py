@@ -3,9 +3,14 @@
 An attack evaluates the same small network thousands of times, and on the CPU two of PyTorch's
 default kernels cost several times their arithmetic (torch 2.13; ``bench/kernel_speed.py``):
 
-- max pooling whose window equals its stride (``nn.MaxPool2d(2)``) in a forward pass without
-  gradients: the maximum of the window's strided slices (rows first, then columns) runs about 10x
-  faster on NCHW inputs (2x on channels-last ones) and gives bit-identical outputs (NaN included);
+- max pooling whose window equals its stride (``nn.MaxPool2d(2)``). In a forward pass without
+  gradients, the maximum of the window's strided slices (rows first, then columns) runs about 10x
+  faster on NCHW inputs (2x on channels-last ones) and gives bit-identical outputs (NaN included).
+  With gradients, PyTorch's kernel spends most of its time recording the indices of the maxima;
+  oneDNN's pooling (float32, through its own tensor format) is 1.5-2x faster and gives the same
+  outputs and the same gradients bit for bit, ties included (the first maximum in the window gets
+  the gradient). It is used only after a one-time check of exactly that on this machine, and
+  never on inputs holding a NaN, which oneDNN's maximum skips and PyTorch's propagates;
 - the input gradient of a stride-1 convolution with at most 4 input channels (a first layer):
   oneDNN's backward-data kernel is 2-4x slower, for most such layers, than the same gradient
   computed as a convolution with the flipped, transposed kernel,
@@ -16,8 +21,8 @@ default kernels cost several times their arithmetic (torch 2.13; ``bench/kernel_
 
 :func:`fast_kernels` is a context manager (a ``TorchFunctionMode``) that reroutes exactly these
 calls while it is active; attacks enter it around every model call on the CPU. Everything else
-(other devices, dtypes, strides, padding modes, pooling with gradients or ``return_indices``) goes
-to PyTorch unchanged. Switch it off with ``ROBUSTLAB_FAST_KERNELS=0`` or :func:`set_fast_kernels`.
+(other devices, dtypes, strides, padding modes, pooling with ``return_indices``) goes to PyTorch
+unchanged. Switch it off with ``ROBUSTLAB_FAST_KERNELS=0`` or :func:`set_fast_kernels`.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from functools import partial
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -74,11 +79,40 @@ def _layout(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+@cache
+def _onednn_pooling_matches_pytorch() -> bool:
+    """Whether oneDNN's max pooling gives PyTorch's outputs and input gradients bit for bit on this
+    machine, on a small input full of ties (checked once per process)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (2, 5, 6, 6), generator=gen).float()  # most windows hold ties
+    upstream = torch.randn(2, 5, 3, 3, generator=gen)
+    results = []
+    try:
+        with torch.enable_grad():
+            for pool in (lambda z: F.max_pool2d(z, 2), lambda z: _onednn_max_pool2d(z, (2, 2))):
+                z = x.clone().requires_grad_(True)
+                out = pool(z)
+                results.append((out.detach(), torch.autograd.grad(out, z, upstream)[0]))
+    except RuntimeError:  # a PyTorch build whose oneDNN lacks the primitive
+        return False
+    (out_a, grad_a), (out_b, grad_b) = results
+    return torch.equal(out_a, out_b) and torch.equal(grad_a, grad_b)
+
+
+def _onednn_max_pool2d(x: Tensor, k: tuple[int, int]) -> Tensor:
+    """Max pooling (window = stride) through oneDNN's tensor format; differentiable."""
+    out = torch.mkldnn_max_pool2d(x.to_mkldnn(), list(k), list(k)).to_dense()
+    return out.contiguous(memory_format=_layout(x))
+
+
 def _max_pool2d(
     input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
 ):
-    """The maximum of the strided window slices when it applies (no gradient needed, window =
-    stride, no padding), else None: the caller falls back to PyTorch."""
+    """The faster exact pooling when it applies (window = stride, no padding): the maximum of the
+    strided window slices without gradients, oneDNN's pooling with them; else None (the caller
+    falls back to PyTorch)."""
     k = _pair(kernel_size)
     s = (
         k
@@ -87,7 +121,6 @@ def _max_pool2d(
     )
     if (
         return_indices
-        or (torch.is_grad_enabled() and isinstance(input, Tensor) and input.requires_grad)
         or ceil_mode
         or k is None
         or s != k
@@ -101,7 +134,16 @@ def _max_pool2d(
         or input.shape[-1] < k[1]
     ):
         return None
-    return _tiled_max(input, k[0], k[1]).contiguous(memory_format=_layout(input))
+    if not (torch.is_grad_enabled() and input.requires_grad):
+        return _tiled_max(input, k[0], k[1]).contiguous(memory_format=_layout(input))
+    if (
+        input.dtype != torch.float32
+        or not torch.backends.mkldnn.enabled  # switched off by the user
+        or not _onednn_pooling_matches_pytorch()
+        or torch.isnan(input.detach().sum())  # one cheap pass; an inf - inf sum also falls back
+    ):
+        return None
+    return _onednn_max_pool2d(input, k)
 
 
 # --------------------------------------------------------------------------- convolution
