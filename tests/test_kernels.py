@@ -87,6 +87,24 @@ def test_max_pool_with_gradients_falls_back_on_nan_and_when_the_check_fails(monk
     assert calls == [1]
 
 
+def test_gradients_through_the_block_are_first_order_only():
+    x = torch.rand(2, 1, 8, 8, requires_grad=True)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.MaxPool2d(2))
+    with fast_kernels():
+        out = model(x)
+    (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):  # the documented limit: PyTorch's kernels for this
+        torch.autograd.grad(g.square().sum(), x)
+    set_fast_kernels(False)
+    try:
+        with fast_kernels():
+            out = model(x)
+    finally:
+        set_fast_kernels(True)
+    (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    assert torch.autograd.grad(g.square().sum(), x)[0].shape == x.shape
+
+
 def test_max_pool_propagates_nan_like_pytorch():
     x = torch.rand(1, 1, 4, 4)
     x[0, 0, 1, 1] = float("nan")

@@ -22,7 +22,10 @@ default kernels cost several times their arithmetic (torch 2.13; ``bench/kernel_
 :func:`fast_kernels` is a context manager (a ``TorchFunctionMode``) that reroutes exactly these
 calls while it is active; attacks enter it around every model call on the CPU. Everything else
 (other devices, dtypes, strides, padding modes, pooling with ``return_indices``) goes to PyTorch
-unchanged. Switch it off with ``ROBUSTLAB_FAST_KERNELS=0`` or :func:`set_fast_kernels`.
+unchanged. Gradients through the block are first-order only, as an attack needs: the rerouted
+backward passes are not differentiable themselves, so ``create_graph=True`` double backward (a
+gradient penalty, say) needs PyTorch's kernels. Switch the rerouting off with
+``ROBUSTLAB_FAST_KERNELS=0`` or :func:`set_fast_kernels`.
 """
 
 from __future__ import annotations
