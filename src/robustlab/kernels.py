@@ -7,10 +7,10 @@ default kernels cost several times their arithmetic (torch 2.13; ``bench/kernel_
   gradients, the maximum of the window's strided slices (rows first, then columns) runs about 10x
   faster on NCHW inputs (2x on channels-last ones) and gives bit-identical outputs (NaN included).
   With gradients, finding each window's first maximum (which gets the gradient) from the slices
-  costs about as much as PyTorch's kernel; oneDNN's pooling (float32, through its own tensor format) is 1.5-2x faster and gives the same
-  outputs and the same gradients bit for bit, ties included (the first maximum in the window gets
-  the gradient). It is used only after a one-time check of exactly that on this machine, and
-  never on inputs holding a NaN, which oneDNN's maximum skips and PyTorch's propagates;
+  costs about as much as PyTorch's kernel; oneDNN's pooling (float32, through its own tensor
+  format) is 1.5-2x faster and gives the same outputs and the same gradients bit for bit, ties
+  included. It is used only after a one-time check of exactly that on this machine, and never on
+  inputs holding a NaN, which oneDNN's maximum skips and PyTorch's propagates;
 - the input gradient of a stride-1 convolution with at most 4 input channels (a first layer):
   oneDNN's backward-data kernel is 2-4x slower, for most such layers, than the same gradient
   computed as a convolution with the flipped, transposed kernel,
