@@ -39,17 +39,26 @@ def test_max_pool_matches_pytorch_exactly(shape, k, channels_last, monkeypatch):
     assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
+@pytest.fixture
+def onednn_calls(monkeypatch) -> list:
+    """A list that grows by one at every call of the oneDNN pooling path (the one-time check of
+    that path runs first, so that it does not count)."""
+    kernels._onednn_pooling_matches_pytorch()
+    calls = []
+    onednn = kernels._onednn_max_pool2d
+    monkeypatch.setattr(kernels, "_onednn_max_pool2d", lambda *a: calls.append(1) or onednn(*a))
+    return calls
+
+
 @pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 3, 7, 9), (1, 6, 28, 28)])
 @pytest.mark.parametrize("k", [2, 3, (2, 3)])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_max_pool_with_gradients_is_onednn_and_matches_pytorch_bit_for_bit(
-    shape, k, channels_last, monkeypatch
+    shape, k, channels_last, onednn_calls
 ):
-    if not kernels._onednn_pooling_matches_pytorch():  # checked before the spy goes in
+    if not kernels._onednn_pooling_matches_pytorch():
         pytest.skip("this PyTorch build's oneDNN pooling is unavailable or differs")
-    calls = []
-    onednn = kernels._onednn_max_pool2d
-    monkeypatch.setattr(kernels, "_onednn_max_pool2d", lambda *a: calls.append(1) or onednn(*a))
+    calls = onednn_calls
     # small integers: most windows hold several maxima, and the first one must get the gradient
     x = torch.randint(0, 3, shape, generator=torch.Generator().manual_seed(2)).float()
     if channels_last:
@@ -63,11 +72,10 @@ def test_max_pool_with_gradients_is_onednn_and_matches_pytorch_bit_for_bit(
 
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration")  # printed by torch.backends.mkldnn.flags
-def test_max_pool_with_gradients_falls_back_on_nan_and_when_the_check_fails(monkeypatch):
-    kernels._onednn_pooling_matches_pytorch()  # the one-time check runs before the spy goes in
-    calls = []
-    onednn = kernels._onednn_max_pool2d
-    monkeypatch.setattr(kernels, "_onednn_max_pool2d", lambda *a: calls.append(1) or onednn(*a))
+def test_max_pool_with_gradients_falls_back_on_nan_and_when_the_check_fails(
+    onednn_calls, monkeypatch
+):
+    calls = onednn_calls
     x = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(3))
     x[0, 1, 2, 3] = float("nan")  # oneDNN's maximum would skip it
     out_ref, g_ref = _grad(lambda z: F.max_pool2d(z, 2), x)

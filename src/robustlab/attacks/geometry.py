@@ -141,8 +141,8 @@ def _water_level(a: Tensor, t: Tensor, need: Tensor) -> Tensor:
     if a.shape[1] <= 2 * _PREFIX:
         return _water_level_sorted(a, t, need)
     saturable = t > 0
-    a = a * saturable
-    t_sel = t + (~saturable) * torch.finfo(t.dtype).max  # left out: after every breakpoint
+    a = torch.where(saturable, a, 0.0)
+    t_sel = torch.where(saturable, t, torch.finfo(t.dtype).max)  # left out: after every breakpoint
     t_s, order = t_sel.topk(_PREFIX, dim=1, largest=False)
     a_s = a.gather(1, order)
     tail = a.scatter(1, order, 0.0).sum(1)  # weight of the breakpoints after the selection
