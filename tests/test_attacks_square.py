@@ -9,7 +9,7 @@ from _attack_models import data, linear_model, mlp
 from robustlab.attacks import Square
 from robustlab.attacks.square import (
     _pseudo_gaussian,
-    _window_index,
+    _random_windows,
     _window_masks,
     square_fraction,
 )
@@ -39,8 +39,10 @@ def test_linf_proposals_always_change_the_window(channels):
     attack = Square("linf:0.1", queries=10)
     x_adv = x + attack._init_linf(x, gen)
     for _ in range(20):
-        cand = attack._propose_linf(x, x_adv, 1, 1, gen)
+        cand, top, left = attack._propose_linf(x, x_adv, 1, 1, gen)
         assert (cand != x_adv).flatten(1).any(1).all()
+        changed = (cand != x_adv).any(1).nonzero()  # one pixel per sample: where the proposal says
+        assert torch.equal(changed[:, 1:], torch.stack([top, left], 1))
         assert ((cand - x_adv).flatten(1) != 0).sum(1).max() <= channels  # only the window moved
         assert attack.threat.contains(cand, x).all()
         x_adv = cand
@@ -53,16 +55,17 @@ def test_linf_redraw_is_uniform_over_the_other_sign_patterns():
     x = torch.full((6000, 2, 1, 1), 0.5)
     attack = Square("linf:0.1", queries=10)
     x_adv = x + torch.tensor([0.1, -0.1]).view(1, 2, 1, 1)
-    signs = torch.sign(attack._propose_linf(x, x_adv, 1, 1, gen) - x).flatten(1)
+    signs = torch.sign(attack._propose_linf(x, x_adv, 1, 1, gen)[0] - x).flatten(1)
     assert not (signs == torch.tensor([1.0, -1.0])).all(1).any()
     for pattern in ([1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0]):
         share = (signs == torch.tensor(pattern)).all(1).float().mean().item()
         assert share == pytest.approx(1 / 3, abs=0.03)
 
 
-def test_window_index_and_window_masks_draw_the_same_windows():
+def test_random_windows_and_window_masks_draw_the_same_windows():
     masks = _window_masks(9, 10, 12, 3, 4, torch.Generator().manual_seed(5), "cpu")
-    index = _window_index(9, 10, 12, 3, 4, torch.Generator().manual_seed(5), "cpu")
+    top, left, index = _random_windows(9, 10, 12, 3, 4, torch.Generator().manual_seed(5), "cpu")
+    assert torch.equal(index[:, 0], top * 12 + left)
     from_index = torch.zeros(9, 10 * 12, dtype=torch.bool).scatter(1, index, True)
     assert torch.equal(from_index, masks.view(9, -1))
 

@@ -99,7 +99,10 @@ def project_hyperplane(w: Tensor, c: Tensor, norm: str, point: Tensor | None = N
     room = None
     if point is not None:
         pf = _flat(point)
-        room = torch.where(sign > 0, 1.0 - pf, pf).clamp_min_(0.0)
+        # 1 - p_i where delta_i > 0, p_i elsewhere, by arithmetic (exact: one term is 0),
+        # several times faster on the CPU than torch.where
+        up = sign.clamp_min(0.0)
+        room = (up * (1.0 - pf) + (1.0 - up) * pf).clamp_min_(0.0)
     if norm == "l1":
         mag = _l1_knapsack(aw, torch.full_like(aw, math.inf) if room is None else room, need)
     elif norm == "l2":
@@ -137,12 +140,14 @@ def _water_level(a: Tensor, t: Tensor, need: Tensor) -> Tensor:
     ``lam`` have to be in sorted order, usually a few of many, so the smallest ``_PREFIX`` are
     selected first (``topk``) and rows whose solution lies beyond them are sorted in full.
     Coordinates with ``t_i = 0`` add nothing for any ``lam`` and are left out of the selection.
+    ``a`` and ``t`` must be finite.
     """
     if a.shape[1] <= 2 * _PREFIX:
         return _water_level_sorted(a, t, need)
-    saturable = t > 0
-    a = torch.where(saturable, a, 0.0)
-    t_sel = torch.where(saturable, t, torch.finfo(t.dtype).max)  # left out: after every breakpoint
+    # masks by arithmetic, exact for finite inputs and faster than torch.where on the CPU
+    saturable = torch.sign(t)  # 1 where t_i > 0, else 0
+    a = a * saturable
+    t_sel = t + (1.0 - saturable) * torch.finfo(t.dtype).max  # left out: after every breakpoint
     t_s, order = t_sel.topk(_PREFIX, dim=1, largest=False)
     a_s = a.gather(1, order)
     tail = a.scatter(1, order, 0.0).sum(1)  # weight of the breakpoints after the selection

@@ -9,6 +9,11 @@ schedule of the paper, from a fraction ``p_init`` of the image) and keeps it whe
 of "pseudo-Gaussian" blocks ``sum_k 1/(k+1)^2`` rings and a proposal moves the perturbation mass of
 a second window into the first, so that ``||delta||_2`` stays ``eps``. One forward pass per
 iteration and point; points stop as soon as they are misclassified. No gradients are used.
+
+A Linf query differs from the current point only inside its window, so on a CNN whose first block
+is local (conv, pointwise layers, pooling) only that block's outputs near the window are recomputed
+(:class:`~robustlab.attacks.incremental.IncrementalForward`); the logits are the whole model's.
+``incremental=False`` runs the whole model on every query.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from robustlab.attacks import ATTACKS
 from robustlab.attacks.base import Attack
+from robustlab.attacks.incremental import IncrementalForward, window_index
 from robustlab.attacks.objectives import margin_objective
 from robustlab.errors import RobustlabError
 from robustlab.threat import Threat
@@ -49,18 +55,17 @@ def _as_image(x: Tensor) -> Tensor:
     return x if x.dim() == 4 else x.reshape(x.shape[0], 1, 1, -1)
 
 
-def _window_index(n: int, h: int, w: int, sh: int, sw: int, gen, device) -> Tensor:
-    """(n, sh*sw) flat pixel indices (into ``h * w``) of one random ``sh x sw`` window per sample."""
-    top = torch.randint(0, h - sh + 1, (n, 1, 1), generator=gen, device=device)
-    left = torch.randint(0, w - sw + 1, (n, 1, 1), generator=gen, device=device)
-    rows = top + torch.arange(sh, device=device).view(1, -1, 1)
-    cols = left + torch.arange(sw, device=device).view(1, 1, -1)
-    return (rows * w + cols).view(n, sh * sw)
+def _random_windows(n: int, h: int, w: int, sh: int, sw: int, gen, device):
+    """One random ``sh x sw`` window per sample: its top row and left column (n,), and its flat
+    pixel indices (n, sh*sw) into ``h * w``."""
+    top = torch.randint(0, h - sh + 1, (n,), generator=gen, device=device)
+    left = torch.randint(0, w - sw + 1, (n,), generator=gen, device=device)
+    return top, left, window_index(top, left, (sh, sw), w)
 
 
 def _window_masks(n: int, h: int, w: int, sh: int, sw: int, gen, device) -> Tensor:
-    """(n, 1, h, w) bool masks of the windows :func:`_window_index` draws."""
-    index = _window_index(n, h, w, sh, sw, gen, device)
+    """(n, 1, h, w) bool masks of the windows :func:`_random_windows` draws."""
+    _, _, index = _random_windows(n, h, w, sh, sw, gen, device)
     mask = torch.zeros(n, h * w, dtype=torch.bool, device=device).scatter_(1, index, True)
     return mask.view(n, 1, h, w)
 
@@ -95,6 +100,7 @@ class Square(Attack):
         restarts: int = 1,
         targeted: bool = False,
         seed: int | None = 0,
+        incremental: bool = True,
     ) -> None:
         super().__init__(threat, loss="margin", targeted=targeted, restarts=restarts, seed=seed)
         if self.threat.norm not in ("linf", "l2"):
@@ -105,10 +111,12 @@ class Square(Attack):
         self.p_init = check_positive(p_init, "p_init")
         if self.p_init > 1:
             raise RobustlabError(f"p_init must be in (0, 1], got {p_init!r}.")
+        #: Linf queries on a CNN recompute only the first block's outputs near the window
+        #: (``attacks/incremental.py``); False runs the whole model on every query
+        self.incremental = bool(incremental)
 
-    def _loss(self, model: nn.Module, x_adv: Tensor, y: Tensor, t: Tensor | None):
-        """Margin to minimise (``-margin_objective``) and the success mask, one query each."""
-        logits = self._predict(model, x_adv)
+    def _margin(self, logits: Tensor, y: Tensor, t: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Margin to minimise (``-margin_objective``) and the success mask of one query each."""
         return -margin_objective(logits, y, t), self._success(logits, y, t)
 
     def _window(self, p: float, h: int, w: int, c: int) -> tuple[int, int]:
@@ -141,8 +149,9 @@ class Square(Attack):
         radius = torch.as_tensor(radius, dtype=delta.dtype, device=delta.device)
         return delta * (radius / norm).view(-1, 1, 1, 1)
 
-    def _propose_linf(self, x: Tensor, x_adv: Tensor, sh: int, sw: int, gen) -> Tensor:
-        """``x_adv`` with one random window set to ``clip(x +- eps)``, one sign per channel.
+    def _propose_linf(self, x: Tensor, x_adv: Tensor, sh: int, sw: int, gen):
+        """``x_adv`` with one random window set to ``clip(x +- eps)``, one sign per channel, and
+        the window's top row and left column (N,).
 
         A proposal that leaves the window as it is would waste its query, so the authors' code
         redraws its signs until the window changes. With eps > 0 the two signs of a channel give
@@ -151,7 +160,8 @@ class Square(Attack):
         of the channels are flipped, in one draw.
         """
         n, c, h, w = x.shape
-        idx = _window_index(n, h, w, sh, sw, gen, x.device)[:, None, :].expand(n, c, -1)
+        top, left, idx = _random_windows(n, h, w, sh, sw, gen, x.device)
+        idx = idx[:, None, :].expand(n, c, -1)
         x_win = x.reshape(n, c, -1).gather(2, idx)
         sign = _rand_sign((n, c, 1), gen, x.device, x.dtype)
         new = (x_win + sign * self.threat.eps).clamp(0, 1)
@@ -164,7 +174,7 @@ class Square(Attack):
             new[same] = (x_win[same] + flipped * self.threat.eps).clamp(0, 1)
         cand = x_adv.clone()
         cand.view(n, c, -1).scatter_(2, idx, new)
-        return cand
+        return cand, top, left
 
     def _propose_l2(self, x: Tensor, x_adv: Tensor, sh: int, sw: int, gen) -> Tensor:
         """Move the perturbation mass of a second window into a random first window (Sec. 3.2)."""
@@ -204,26 +214,48 @@ class Square(Attack):
         linf = self.threat.norm == "linf"
         if self.threat.eps == 0:
             return x.clone()
-        propose = self._propose_linf if linf else self._propose_l2
         delta = self._init_linf(xi, generator) if linf else self._init_l2(xi, generator)
         x_best = self.threat.project(xi + delta, xi)
-        loss, done = self._loss(model, x_best.reshape(shape), y, target)
+        # Linf proposals change one window: queries reuse the model's first block outside it
+        incremental = (
+            IncrementalForward.of(model, tuple(shape[1:]), self._predict)
+            if linf and self.incremental and len(shape) == 4
+            else None
+        )
+        if incremental is not None:
+            logits = incremental.reset(x_best)
+        else:
+            logits = self._predict(model, x_best.reshape(shape))
+        loss, done = self._margin(logits, y, target)
         # the points still to fool, kept compacted (re-indexed only when some are fooled)
         idx = (~done).nonzero().squeeze(1)
         xa, xb, ya, la = xi[idx], x_best[idx], y[idx], loss[idx]
         ta = target[idx] if target is not None else None
+        if incremental is not None:
+            incremental.keep(idx)
         for it in range(1, self.queries):
             if idx.numel() == 0:
                 break
             sh, sw = self._window(square_fraction(self.p_init, it, self.queries), h, w, c)
-            cand = propose(xa, xb, sh, sw, generator)
-            new_loss, hit = self._loss(model, cand.reshape(-1, *shape[1:]), ya, ta)
+            if linf:
+                cand, top, left = self._propose_linf(xa, xb, sh, sw, generator)
+            else:
+                cand = self._propose_l2(xa, xb, sh, sw, generator)
+            if incremental is not None:  # Linf only
+                logits = incremental.query(cand, top, left, (sh, sw))
+            else:
+                logits = self._predict(model, cand.reshape(-1, *shape[1:]))
+            new_loss, hit = self._margin(logits, ya, ta)
             better = new_loss < la
             xb[better], la[better] = cand[better], new_loss[better]
+            if incremental is not None:
+                incremental.accept(better)
             if hit.any():
                 x_best[idx] = xb
                 keep = ~hit
                 idx, xa, xb, ya, la = idx[keep], xa[keep], xb[keep], ya[keep], la[keep]
                 ta = ta[keep] if ta is not None else None
+                if incremental is not None:
+                    incremental.keep(keep)
         x_best[idx] = xb
         return x_best.reshape(shape)
