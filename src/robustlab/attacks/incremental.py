@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from robustlab.kernels import fast_kernels
 from robustlab.models.layers import Normalize
+from robustlab.models.shapes import InputTooSmallError, output_shape, pair
 
 _ACTIVATIONS = (
     nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity,
@@ -53,14 +54,10 @@ def _pointwise(m: nn.Module) -> bool:
 def _local_pooling(m: nn.Module) -> bool:
     return (
         isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))
-        and _pair(m.padding) == (0, 0)
+        and pair(m.padding) == (0, 0)
         and not m.ceil_mode
-        and (isinstance(m, nn.AvgPool2d) or (_pair(m.dilation) == (1, 1) and not m.return_indices))
+        and (isinstance(m, nn.AvgPool2d) or (pair(m.dilation) == (1, 1) and not m.return_indices))
     )
-
-
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def _has_hooks(m: nn.Module) -> bool:
@@ -73,7 +70,7 @@ def _has_hooks(m: nn.Module) -> bool:
 @dataclass(frozen=True)
 class _Axis:
     """One spatial axis of the block: the conv's kernel, stride, padding; the pooling's kernel and
-    stride (1, 1 without pooling); the input size."""
+    stride (1, 1 without pooling); the sizes of the input, the conv's output and the block's."""
 
     k: int
     t: int
@@ -81,14 +78,8 @@ class _Axis:
     pk: int
     pt: int
     size: int
-
-    @property
-    def conv_out(self) -> int:
-        return (self.size + 2 * self.p - self.k) // self.t + 1
-
-    @property
-    def out(self) -> int:
-        return (self.conv_out - self.pk) // self.pt + 1
+    conv_out: int
+    out: int
 
     def changed(self, a: int, s: int) -> tuple[int, int]:
         """First and last block output whose receptive field meets input rows ``[a, a + s)``."""
@@ -185,7 +176,7 @@ class IncrementalForward:
             or type(conv).forward is not nn.Conv2d.forward
             or conv.padding_mode != "zeros"
             or isinstance(conv.padding, str)
-            or _pair(conv.dilation) != (1, 1)
+            or pair(conv.dilation) != (1, 1)
             or conv.in_channels != image_shape[0]
         ):
             return None
@@ -200,13 +191,19 @@ class IncrementalForward:
                 j += 1
         if j == len(modules):
             return None
-        pk, pt = (
-            (_pair(pooling.kernel_size), _pair(pooling.stride)) if pooling else ((1, 1), (1, 1))
-        )
-        k, t, p = _pair(conv.kernel_size), _pair(conv.stride), _pair(conv.padding)
-        axes = tuple(_Axis(k[d], t[d], p[d], pk[d], pt[d], image_shape[1 + d]) for d in range(2))
-        if min(axes[0].out, axes[1].out) < 1:
+        try:
+            conv_shape = output_shape(conv, image_shape)
+            out_shape = output_shape(pooling, conv_shape) if pooling else conv_shape
+        except InputTooSmallError:
             return None
+        pk, pt = (
+            (pair(pooling.kernel_size), pair(pooling.stride or pooling.kernel_size))
+            if pooling
+            else ((1, 1), (1, 1))
+        )
+        k, t, p = pair(conv.kernel_size), pair(conv.stride), pair(conv.padding)
+        sizes = [(image_shape[d], conv_shape[d], out_shape[d]) for d in (1, 2)]
+        axes = tuple(_Axis(k[d], t[d], p[d], pk[d], pt[d], *sizes[d]) for d in range(2))
         return cls(
             modules[:i], conv, modules[i + 1 : j], nn.Sequential(*modules[j:]), axes, predict
         )
@@ -226,9 +223,13 @@ class IncrementalForward:
                 x = m(x)
         return x
 
+    def _whole_block(self, x: Tensor) -> Tensor:
+        """The block's outputs for whole images ``x`` (contiguous, for the windows' flat index)."""
+        return self._block(self._inputs(x)).contiguous()
+
     def reset(self, x: Tensor) -> Tensor:
         """Logits of ``x``, now the current points."""
-        self._features = self._block(self._inputs(x)).contiguous()  # for the windows' flat index
+        self._features = self._whole_block(x)
         self._queried = None
         return self.predict(self.tail, self._features)
 
@@ -239,7 +240,7 @@ class IncrementalForward:
         assert features is not None, "reset() first"
         n, c, h, w = x.shape
         if not self.worth_it(n, size):
-            self._queried = self._block(self._inputs(x))
+            self._queried = self._whole_block(x)
             return self.predict(self.tail, self._queried)
         row_plan, col_plan = self._plans(size, x)
         index = row_plan.rows[top][:, :, None] * w + col_plan.rows[left][:, None, :]

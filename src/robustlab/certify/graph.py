@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from robustlab.errors import RobustlabError
 from robustlab.models.factory import unwrap
 from robustlab.models.layers import Normalize, Residual
+from robustlab.models.shapes import pair
 
 Shape = tuple[int, ...]
 
@@ -371,10 +372,6 @@ class Graph:
 
 
 # ----------------------------------------------------------------------------------- compile
-def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 def _conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
@@ -439,7 +436,7 @@ class _Builder:
             raise _unsupported(label, m, f"per-sample input shape {shape}")
         if m.padding_mode != "zeros":
             raise _unsupported(label, m, f"padding_mode={m.padding_mode!r}")
-        k, s, d = _pair(m.kernel_size), _pair(m.stride), _pair(m.dilation)
+        k, s, d = pair(m.kernel_size), pair(m.stride), pair(m.dilation)
         if isinstance(m.padding, str):
             if m.padding == "valid":
                 p = (0, 0)
@@ -448,7 +445,7 @@ class _Builder:
             else:
                 raise _unsupported(label, m, "asymmetric 'same' padding")
         else:
-            p = _pair(m.padding)
+            p = pair(m.padding)
         out = (m.out_channels, *(_conv_out(shape[1 + i], k[i], s[i], p[i], d[i]) for i in range(2)))
         op = ConvOp(m.weight, m.bias, s, p, d, m.groups, shape, out)
         return self.add(op, (src,), out, label)
@@ -459,7 +456,7 @@ class _Builder:
             raise _unsupported(label, m, f"per-sample input shape {shape}")
         c, h, w = shape
         if isinstance(m, nn.AdaptiveAvgPool2d):
-            oh, ow = _pair(m.output_size) if not isinstance(m.output_size, int) else (
+            oh, ow = pair(m.output_size) if not isinstance(m.output_size, int) else (
                 m.output_size, m.output_size)
             oh, ow = oh or h, ow or w
             if h % oh or w % ow:
@@ -467,9 +464,9 @@ class _Builder:
             k = s = (h // oh, w // ow)
             p = (0, 0)
         else:
-            k = _pair(m.kernel_size)
-            s = _pair(m.stride or m.kernel_size)
-            p = _pair(m.padding)
+            k = pair(m.kernel_size)
+            s = pair(m.stride or m.kernel_size)
+            p = pair(m.padding)
             if m.ceil_mode or m.divisor_override is not None or (
                 any(p) and not m.count_include_pad
             ):

@@ -27,7 +27,8 @@ class InputTooSmallError(RobustlabError):
     """A convolution or pooling layer would produce an empty feature map."""
 
 
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+def pair(v: int | Sequence[int]) -> tuple[int, int]:
+    """A layer's int-or-pair hyper-parameter (kernel size, stride, ...) as a pair."""
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
@@ -51,7 +52,7 @@ def _spatial(layer: nn.Module, shape: Shape, kernel, stride, padding, dilation=1
         if padding == "same":
             return shape[1], shape[2]
         padding = 0
-    ks, ss, ps, ds = _pair(kernel), _pair(stride), _pair(padding), _pair(dilation)
+    ks, ss, ps, ds = pair(kernel), pair(stride), pair(padding), pair(dilation)
     h, w = (_window_out(shape[1 + i], ks[i], ss[i], ps[i], ds[i], ceil) for i in range(2))
     if h < 1 or w < 1:
         raise InputTooSmallError(
