@@ -184,7 +184,7 @@ def test_rwp_only_ascends_samples_below_c_min():
         losses = torch.nn.functional.cross_entropy(xa @ w.T + b, torch.tensor(Y), reduction="none")
         keep = losses.detach() < c
         (g,) = torch.autograd.grad((losses * keep).sum() / 4, w)
-        v = v + gamma / steps * w0.norm() * g / g.norm()
+        v = v + gamma * w0.norm() * g / g.norm()  # a step of the radius, then the projection
         v = v * min(1.0, float(gamma * w0.norm() / v.norm()))
     with fixed_adversarial(m.base, t(XA)):
         out = m.compute_loss(linear(), BATCH, CTX)
@@ -366,12 +366,13 @@ def test_mtard_weights_and_loss():
     nat1, adv1 = parts(W0)
     assert_loss_close(run(m, model), 0.5 * adv1 + 0.5 * nat1)  # first step: relative losses 1, w_nat 0.5
     m.after_optimizer_step(model)
-    w2 = W0 + 0.2
+    w2 = 0.6 * W0  # (a constant shift of W would leave every softmax, so both KLs, unchanged)
     with torch.no_grad():
         model.weight.copy_(t(w2))
     nat2, adv2 = parts(w2)
     rn, ra = nat2 / nat1, adv2 / adv1
     w_nat = 0.5 - 0.1 * (0.5 - rn / (rn + ra))
+    assert abs(w_nat - 0.5) > 0.01
     assert_loss_close(run(m, model), (1 - w_nat) * adv2 + w_nat * nat2)
 
 

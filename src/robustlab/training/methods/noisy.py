@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustlab.attacks import eval_mode
+from robustlab.data.dataset import ArrayDataset
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.evaluate import predict
 from robustlab.losses import per_sample_loss_fn
@@ -40,6 +42,26 @@ if TYPE_CHECKING:
 
 def _loss_name(loss: str | nn.Module) -> str:
     return loss if isinstance(loss, str) else type(loss).__name__
+
+
+@torch.no_grad()
+def eval_losses(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """Per-sample CE of ``model`` in eval mode (no dropout, batch-norm running statistics),
+    without gradients; every submodule's previous mode is restored."""
+    with eval_mode(model):
+        return F.cross_entropy(model(x).float(), y, reduction="none")
+
+
+def dataset_losses(
+    model: nn.Module, data: ArrayDataset, batch_size: int, device: torch.device
+) -> Tensor:
+    """:func:`eval_losses` of every sample of ``data``, in dataset order (batches sharded over
+    the ranks of a distributed run and merged, so every rank gets all of them)."""
+    losses = torch.zeros(len(data), device=device)
+    for start, end in dist.owned_batches(len(data), batch_size):
+        x, y = data.x[start:end].to(device), data.y[start:end].to(device)
+        losses[start:end] = eval_losses(model, x, y)
+    return dist.merge_shards(losses)[0]
 
 
 # ---------------------------------------------------------------------------------- M19
@@ -95,11 +117,13 @@ class BetaMixture(nn.Module):
 class BMMBootstrapping(Method):
     """Dynamic bootstrapping with a Beta-mixture noise model (Arazo et al. 2019, M-DYR-H / -S).
 
-    Per-sample CE losses are recorded by dataset index during each epoch (merged over ranks in
-    distributed runs); at its end they are clipped to their 5th-95th percentiles, scaled to
-    [0, 1] and fitted by a two-component :class:`BetaMixture`. After ``warmup_epochs`` of plain
-    CE, each sample's loss is ``-[(1 - w) e_y + w t]. log p`` (Eq. 9) with ``w`` the posterior of
-    the high-loss component for its current loss, and ``t`` the one-hot prediction
+    At the end of each epoch the per-sample CE losses of the whole training set are computed with
+    the network in eval mode (:func:`dataset_losses`; Arazo et al.'s reference code tracks them
+    the same way, after the epoch, with ``model.eval()``), clipped to their 5th-95th
+    percentiles, scaled to [0, 1] and fitted by a two-component :class:`BetaMixture`. After
+    ``warmup_epochs`` of plain CE, each sample's loss is ``-[(1 - w) e_y + w t]. log p`` (Eq. 9)
+    with ``w`` the posterior of the high-loss component for its current loss (again in eval
+    mode, so that it is on the scale the mixture was fitted on), and ``t`` the one-hot prediction
     (``mode="hard"``) or the prediction itself (``"soft"``), without gradient through ``t``.
     The warm-up matters: bootstrapping towards the predictions of a model that has not yet learned
     the clean patterns makes it confirm its own mistakes (on digits, one epoch of warm-up collapses
@@ -127,9 +151,6 @@ class BMMBootstrapping(Method):
     def setup(self, trainer: Trainer) -> None:
         self.losses = torch.zeros(len(trainer.train_data), device=trainer.device)
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        self.losses.zero_()  # each sample is seen once per epoch, by one rank
-
     def _normalize(self, loss: Tensor) -> Tensor:
         lo, hi = self.loss_range[0], self.loss_range[1]
         return ((loss.double() - lo) / (hi - lo + 1e-6)).clamp(BetaMixture.EPS, 1 - BetaMixture.EPS)
@@ -140,26 +161,30 @@ class BMMBootstrapping(Method):
         return w.clamp(BetaMixture.EPS, 1 - BetaMixture.EPS)
 
     def compute_loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> LossOutput:
-        logits = model(batch.x)
-        ce = F.cross_entropy(logits, batch.y, reduction="none")
-        self.losses[batch.index] = ce.detach().to(self.losses.dtype)
         if ctx.epoch < self.warmup_epochs or not bool(self.fitted):
-            return LossOutput(ce.mean(), logits)
-        w = self.noisy_posterior(ce.detach())
+            logits = model(batch.x)
+            return LossOutput(F.cross_entropy(logits, batch.y), logits)
+        w = self.noisy_posterior(eval_losses(model, batch.x, batch.y))  # before BN stats move
+        logits = model(batch.x)
         loss = bootstrap_loss(logits, batch.y, 1 - w.to(logits.dtype), self.mode, detach=True)
         return LossOutput(loss.mean(), logits, {"bmm_w": float(w.mean())})
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int) -> dict[str, float]:
-        merged, _ = dist.merge_shards(self.losses)
-        self.losses.copy_(merged)  # every rank fits the same mixture
-        losses = self.losses.double()
+    def fit_losses(self, losses: Tensor) -> None:
+        """Fit the mixture to per-sample losses: clip to the 5th-95th percentiles, scale that
+        range to [0, 1] (kept for :meth:`noisy_posterior`) and run EM."""
+        losses = losses.double()
         bounds = torch.tensor([0.05, 0.95], dtype=torch.float64, device=losses.device)
         lo, hi = torch.quantile(losses, bounds)
         self.loss_range.copy_(torch.stack([lo, hi]))
         kept = losses[(losses >= lo) & (losses <= hi)]
         self.bmm.fit(self._normalize(kept), self.em_iterations)
         self.fitted.fill_(True)
-        w = self.noisy_posterior(losses)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int) -> dict[str, float]:
+        size = trainer.config.batch_size
+        self.losses.copy_(dataset_losses(trainer.model, trainer.train_data, size, trainer.device))
+        self.fit_losses(self.losses)  # every rank has all losses and fits the same mixture
+        w = self.noisy_posterior(self.losses)
         return {"bmm_noisy_share": float((w > 0.5).double().mean())}
 
     def config(self) -> dict:

@@ -224,8 +224,10 @@ def adversarial_weight_perturbation(
     """Layer-wise adversarial weight perturbation ``v`` (AWP, Wu et al. 2020; RWP, Yu et al.
     2022, with ``steps`` > 1).
 
-    Each step ascends ``loss_fn`` (evaluated at ``w + v``) with a normalised layer-wise step
-    ``v_l += (gamma / steps) ||w_l|| g_l / ||g_l||`` and projects onto ``||v_l|| <= gamma ||w_l||``.
+    Each step ascends ``loss_fn`` (evaluated at ``w + v``) with a normalised layer-wise step of
+    the radius, ``v_l += gamma ||w_l|| g_l / ||g_l||``, and projects onto
+    ``||v_l|| <= gamma ||w_l||`` (Wu et al., Alg. 1, with step size ``eta_2 = gamma``): one step
+    lands on the boundary, as in the AWP reference code; further steps move along it.
     ``loss_fn`` may return None (nothing to ascend: RWP's loss-stationary condition), which ends
     the ascent. The weights are left unperturbed; the caller applies ``v`` with
     :class:`WeightShift` and restores them.
@@ -246,7 +248,7 @@ def adversarial_weight_perturbation(
         for vl, g, w_norm in zip(v, grads, norms):
             if g is None:
                 continue
-            vl.add_(g, alpha=float(gamma / steps * w_norm / (g.norm() + 1e-20)))
+            vl.add_(g, alpha=float(gamma * w_norm / (g.norm() + 1e-20)))
             v_norm = vl.norm()
             limit = gamma * w_norm
             if v_norm > limit:

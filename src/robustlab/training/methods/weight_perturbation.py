@@ -3,8 +3,8 @@
 Both perturb the weights to ``w + v`` before the loss is evaluated, so that its gradient is taken
 at the perturbed point, and remove ``v`` in :meth:`before_optimizer_step`, so the optimiser steps
 from ``w`` (Wu et al. 2020 restore after the step; for the update itself the two orders agree up
-to weight decay). ``v`` is layer-wise, ``||v_l|| <= gamma ||w_l||``
-(:func:`~robustlab.training.methods.shared.adversarial_weight_perturbation`). Each
+to weight decay). ``v`` is layer-wise, projected onto ``||v_l|| <= gamma ||w_l||`` after every
+ascent step (:func:`~robustlab.training.methods.shared.adversarial_weight_perturbation`). Each
 ``compute_loss`` call undoes exactly its own perturbation, so the methods compose with SAM, which
 evaluates the loss twice per step.
 """
@@ -140,7 +140,8 @@ class RWP(WeightPerturbed):
 
         v = argmax_{||v_l|| <= gamma ||w_l||} sum_i 1[l_i(w + v) < c_min] l_i(w + v),
 
-    by ``rwp_steps`` normalised ascent steps; the model then minimises the PGD-AT loss at ``w + v``.
+    by ``rwp_steps`` normalised ascent steps of size ``gamma ||w_l||``, each projected back onto
+    the layer-wise ball; the model then minimises the PGD-AT loss at ``w + v``.
     """
 
     name = "rwp"
