@@ -1,28 +1,42 @@
 """BETA, the best-targeted attack (Robey et al., ICLR 2024, "Adversarial training should be cast
-as a non-zero-sum game"; METHODS.md M86).
+as a non-zero-sum game", Algorithm 1; METHODS.md M86).
 
-The attacker maximises, for every wrong class ``j`` separately, the negative margin
-``z_j - z_y`` (projected steepest ascent from a random start), and keeps the class whose
-perturbation reaches the largest margin: ``delta* = delta_{j*}``, ``j* = argmax_j M_j(x + delta_j)``.
-All targets run in one batch (N x T replicas). The same attack is the inner maximisation of
+With the per-class margins ``M_j(x') = z_j(x') - z_y(x')``, the attacker runs, for every wrong
+class ``j`` separately, projected steepest ascent on ``M_j`` from a random start, giving
+``x'_j``, and keeps the point of the class whose own margin is largest:
+
+    x* = x'_{j*},   j* = argmax_{j != y} M_j(x'_j).
+
+The selection compares each candidate on the margin it was optimised for, not on its untargeted
+margin ``max_{j'!=y} z_j' - z_y``. As in the paper every one of the K - 1 wrong classes is a target
+by default (``n_targets`` restricts them to the top clean logits to save time). Each ``x'_j`` is
+its iterate with the largest ``M_j``; with ``early_stop`` a target's ascent stops once the point
+is classified as ``j`` (so the selected point is adversarial whenever one ``x'_j`` reached its
+class). As an evaluation attack (``keep_adversarial``, the default) it never discards a
+misclassified candidate: where the paper's pick is still classified correctly but another class's
+candidate is not, the misclassified candidate with the largest own margin is kept instead, so the
+attack is never weaker than the paper's. All targets run in one batch (N x T replicas). The same
+attack, without early stopping and with the paper's selection alone, is the inner maximisation of
 BETA adversarial training.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from robustlab.attacks import ATTACKS
 from robustlab.attacks.ascent import projected_ascent
 from robustlab.attacks.base import Attack, top_k_targets
-from robustlab.attacks.objectives import adversarial_score
+from robustlab.attacks.objectives import is_adversarial
 from robustlab.threat import Threat
 from robustlab.validation import check_int, check_positive
 
 
 @ATTACKS.register("beta")
 class BETA(Attack):
-    """Best-targeted attack (Robey et al. 2024): one targeted margin ascent per class, best kept."""
+    """Best-targeted attack (Robey et al. 2024): one margin ascent per class, the best own margin
+    kept."""
 
     name = "beta"
     supports_eot = True
@@ -36,6 +50,8 @@ class BETA(Attack):
         n_targets: int | None = None,
         restarts: int = 1,
         targeted: bool = False,
+        early_stop: bool = True,
+        keep_adversarial: bool = True,
         seed: int | None = 0,
     ) -> None:
         super().__init__(
@@ -48,6 +64,8 @@ class BETA(Attack):
             else 2.5 * self.threat.eps / self.steps
         )
         self.n_targets = None if n_targets is None else check_int(n_targets, "n_targets")
+        self.early_stop = bool(early_stop)
+        self.keep_adversarial = bool(keep_adversarial)
 
     def perturb(self, model, x, y, target, generator):
         logits = self._predict(model, x)
@@ -62,8 +80,24 @@ class BETA(Attack):
         x0 = self.threat.random_init(xr, generator)
         cand = projected_ascent(
             self, model, xr, x0, yr, tr, self.steps, lambda k: self.step_size,
-            lambda k: self.objective,
+            lambda k: self.objective, score=self.objective, stop=is_adversarial,
+            early_stop=self.early_stop,
         )  # fmt: skip
-        score = adversarial_score(self._predict(model, cand), yr, tr if self.targeted else None)
-        best = score.view(t, n).argmax(0)
+        logits = self._predict(model, cand)
+        own_margin = self.objective(logits, yr, tr).view(t, n)  # M_j(x'_j)
+        adversarial = self._success(logits, yr, tr).view(t, n) if self.keep_adversarial else None
+        best = best_targets(own_margin, adversarial)
         return cand.view(t, n, *x.shape[1:])[best, torch.arange(n, device=x.device)]
+
+
+def best_targets(own_margin: Tensor, adversarial: Tensor | None = None) -> Tensor:
+    """(N,) index of the kept class per point from the (T, N) own margins ``M_j(x'_j)``: the
+    paper's ``argmax_j M_j(x'_j)``; given the (T, N) mask of misclassified candidates, a point whose
+    pick is not misclassified while another candidate is takes the misclassified candidate with the
+    largest own margin."""
+    best = own_margin.argmax(0)
+    if adversarial is None:
+        return best
+    fallback = own_margin.masked_fill(~adversarial, float("-inf")).argmax(0)
+    picked = adversarial.gather(0, best[None]).squeeze(0)
+    return torch.where(adversarial.any(0) & ~picked, fallback, best)

@@ -18,10 +18,14 @@ class BETAAT(PGDAT):
         x* = x'_{j*},  x'_j = argmax_{x' in B(x)} [z_j(x') - z_y(x')],
 
     and the defender minimises ``CE(f(x*), y)`` (the inherited PGD-AT loss, ``loss`` selectable).
-    The attacker is :class:`robustlab.attacks.BETA` (``steps`` ascent steps per class, batched
-    over the classes, random starts from the trainer's seeded global RNG)."""
+    The attacker is :class:`robustlab.attacks.BETA` as in the paper's Algorithm 1: all K - 1
+    classes, ``steps`` ascent steps each without early stopping, ``j* = argmax_j M_j(x'_j)``
+    (batched over the classes, random starts from the trainer's seeded global RNG)."""
 
     name = "beta-at"
 
     def make_attack(self, threat: Threat) -> Attack:
-        return BETA(threat, steps=self.steps, step_size=self.step_size, seed=None)
+        return BETA(
+            threat, steps=self.steps, step_size=self.step_size, early_stop=False,
+            keep_adversarial=False, seed=None,
+        )  # fmt: skip
