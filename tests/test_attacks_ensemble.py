@@ -1,4 +1,4 @@
-"""AutoAttack: versions, points in/out, per-sample worst case, success checked against the threat."""
+"""AutoAttack: versions, points in/out, per-sample worst case, containment asserted."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from _attack_models import data, mlp
 
 from robustlab.attacks import ATTACKS, Attack, AutoAttack
 from robustlab.attacks.autoattack import version_attacks
+from robustlab.attacks.base import AttackContainmentError
 from robustlab.errors import RobustlabError
 
 
@@ -49,7 +50,7 @@ def test_sequential_points_in_out_and_worst_case():
 
 
 class _Cheater(Attack):
-    """Returns points outside the ball: the ensemble must not count them."""
+    """Returns points outside the ball: an internal error, never a counted or dropped point."""
 
     name = "cheater"
 
@@ -57,14 +58,29 @@ class _Cheater(Attack):
         return torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
 
 
-def test_points_outside_the_threat_do_not_count():
+class _RunCheater(_Cheater):
+    """Skips the base class's run (and its containment check): AutoAttack checks again."""
+
+    def run(self, model, x, y, target=None):
+        res = Attack.run(_Trusting(self.threat), model, x, y)
+        res.x_adv = self.perturb(model, x, y, None, None)
+        return res
+
+
+class _Trusting(Attack):
+    name = "trusting"
+
+    def perturb(self, model, x, y, target, generator):
+        return x.clone()
+
+
+@pytest.mark.parametrize("cheater", [_Cheater, _RunCheater])
+def test_points_outside_the_threat_are_an_internal_error(cheater):
     model, x = mlp(), data(30)
     y = model(x).argmax(1)
-    res = AutoAttack("linf:0.01", version="custom", attacks=[_Cheater("linf:0.01")]).run(
-        model, x, y
-    )
-    assert not res.success[res.clean_correct].any()
-    assert torch.equal(res.x_adv, x)
+    aa = AutoAttack("linf:0.01", version="custom", attacks=[cheater("linf:0.01")])
+    with pytest.raises(AttackContainmentError, match=r"cheater.* of 30 points outside"):
+        aa.run(model, x, y)
 
 
 def test_standard_version_runs_end_to_end():

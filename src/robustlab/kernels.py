@@ -20,7 +20,9 @@ default kernels cost several times their arithmetic (torch 2.13; ``bench/kernel_
   with PyTorch's to float rounding.
 
 :func:`fast_kernels` is a context manager (a ``TorchFunctionMode``) that reroutes exactly these
-calls while it is active; attacks enter it around every model call on the CPU. Everything else
+calls while it is active; attacks enter it around their model calls on the CPU once a run-time
+comparison with PyTorch's kernels on the model has passed (:mod:`robustlab.fastpaths`, which
+records in each result whether they were used). Everything else
 (other devices, dtypes, strides, padding modes, pooling with ``return_indices``) goes to PyTorch
 unchanged. Gradients through the block are first-order only, as an attack needs: the rerouted
 backward passes are not differentiable themselves, so ``create_graph=True`` double backward (a
@@ -49,6 +51,11 @@ def set_fast_kernels(enabled: bool) -> None:
     """Turn the rerouting of :func:`fast_kernels` on or off for the whole process."""
     global _ENABLED
     _ENABLED = bool(enabled)
+
+
+def fast_kernels_enabled() -> bool:
+    """Whether :func:`fast_kernels` reroutes on the CPU (not switched off)."""
+    return _ENABLED
 
 
 def _pair(v) -> tuple[int, int] | None:
@@ -267,8 +274,11 @@ def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
 
 
 class _FastKernelMode(TorchFunctionMode):
+    """The rerouting; ``rerouted`` turns True at the first call a faster kernel took."""
+
     def __init__(self, weight_gradients: bool) -> None:
         super().__init__()
+        self.rerouted = False
         conv2d = partial(_conv2d, frozen=not weight_gradients)
         self.reroutes = {
             F.max_pool2d: _max_pool2d,
@@ -282,6 +292,7 @@ class _FastKernelMode(TorchFunctionMode):
         if reroute is not None:
             out = reroute(*args, **kwargs)
             if out is not None:
+                self.rerouted = True
                 return out
         return func(*args, **kwargs)
 
@@ -289,14 +300,17 @@ class _FastKernelMode(TorchFunctionMode):
 @contextmanager
 def fast_kernels(
     device: torch.device | str = "cpu", *, weight_gradients: bool = True
-) -> Iterator[None]:
+) -> Iterator[_FastKernelMode | None]:
     """Reroute CPU max pooling and convolution input gradients to the faster exact kernels (see
     the module docstring) inside the block; a no-op on other devices or when switched off.
 
     ``weight_gradients=False`` promises that only input gradients are taken (as in an attack): the
     rerouted convolutions then skip the weight and bias gradients, which a custom backward cannot
-    otherwise know are unused.
+    otherwise know are unused. Yields the mode, whose ``rerouted`` flag says afterwards whether any
+    call took a faster kernel (None where the block is a no-op); the attacks record it
+    (:mod:`robustlab.fastpaths`).
     """
     active = _ENABLED and torch.device(device).type == "cpu"
-    with _FastKernelMode(weight_gradients) if active else nullcontext():
-        yield
+    mode = _FastKernelMode(weight_gradients) if active else None
+    with mode if mode is not None else nullcontext():
+        yield mode

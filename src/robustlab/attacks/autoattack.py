@@ -12,9 +12,11 @@ robust, so the result is the per-sample worst case over the attacks:
 - ``custom``: any list of registered attack names (with arguments) or :class:`Attack` objects.
 
 Attacks are looked up by registry name. A point counts as broken only if the model misclassifies
-the returned point and it lies inside the threat (checked here again for every attack). The result
-records, per attack, the points it received, the points still robust after it, its time and its
-forward passes (``extras["attacks"]``).
+the returned point; every attack's points are checked again to lie inside the threat (an attack
+that returns one outside raises :class:`~robustlab.attacks.base.AttackContainmentError`). The
+result records, per attack, the points it received, the points still robust after it, its time and
+its forward passes (``extras["attacks"]``), and the fast paths of all of them merged
+(``extras["fast_paths"]``).
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from robustlab.attacks import ATTACKS
-from robustlab.attacks.base import Attack, AttackResult, eval_mode
+from robustlab.attacks.base import Attack, AttackResult, check_containment, eval_mode
 from robustlab.attacks.objectives import adversarial_score, is_adversarial
 from robustlab.errors import RobustlabError
+from robustlab.fastpaths import FastPathGuard
 from robustlab.threat import Threat
 from robustlab.validation import check_inputs, check_labels
 
@@ -129,6 +131,7 @@ class AutoAttack(Attack):
         if target is not None:
             raise RobustlabError("AutoAttack is untargeted (APGD-T and FAB-T pick their targets).")
         self.forward_passes = 0
+        self._fast = FastPathGuard()
         stats: list[dict[str, Any]] = []
         with eval_mode(model):
             logits = self._predict(model, x)
@@ -144,10 +147,11 @@ class AutoAttack(Attack):
                     t0 = time.perf_counter()
                     res = attack.run(model, x[todo], y[todo])
                     cand = res.x_adv.detach()
+                    check_containment(f"{self.name} ({label})", cand, x[todo], self.threat)
+                    self._fast_paths.merge(res.extras.get("fast_paths", {}))
                     cand_logits = self._predict(model, cand)
-                    inside = self.threat.contains(cand, x[todo])
-                    hit = is_adversarial(cand_logits, y[todo]) & inside
-                    score = torch.where(inside, adversarial_score(cand_logits, y[todo]), best[todo])
+                    hit = is_adversarial(cand_logits, y[todo])
+                    score = adversarial_score(cand_logits, y[todo])
                     better = hit | (score > best[todo])
                     x_adv[todo[better]] = cand[better]
                     best[todo[better]] = score[better]
@@ -157,6 +161,7 @@ class AutoAttack(Attack):
                     self.forward_passes += res.forward_passes
                 entry["points_out"] = int((~broken).sum())
                 stats.append(entry)
+        check_containment(self.name, x_adv, x, self.threat)
         return AttackResult(
             x_adv=x_adv,
             success=broken,
@@ -164,7 +169,11 @@ class AutoAttack(Attack):
             norms=self.threat.norms(x_adv - x),
             threat=self.threat,
             forward_passes=self.forward_passes,
-            extras={"attacks": stats, "version": self.version},
+            extras={
+                "attacks": stats,
+                "version": self.version,
+                "fast_paths": self._fast_paths.to_dict(),
+            },
         )
 
     def perturb(self, model, x, y, target, generator):

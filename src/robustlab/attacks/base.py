@@ -9,7 +9,12 @@ The base class owns what every attack needs:
 - only points that are not yet adversarial are attacked (clean errors count as successes);
 - restarts, each on the points still robust, keeping the per-sample worst case (the lowest margin);
   minimal-norm attacks restart on every clean-correct point and keep the smallest adversarial norm;
-- a seeded ``torch.Generator`` for random starts, so a seeded attack is deterministic.
+- a seeded ``torch.Generator`` for random starts, so a seeded attack is deterministic;
+- gradients enabled for :meth:`Attack.perturb`, whatever the caller's grad mode;
+- model calls on the fast paths proven equal to the plain path for this model, recorded in
+  ``extras["fast_paths"]`` (:mod:`robustlab.fastpaths`);
+- containment: every returned point lies in the threat ball (float tolerance of
+  :meth:`Threat.contains`) and in [0, 1], or the run raises :class:`AttackContainmentError`.
 
 Subclasses implement :meth:`Attack.perturb` on the batch of points to attack.
 """
@@ -28,9 +33,39 @@ from torch import Tensor, nn
 from robustlab.attacks.geometry import check_norm, perturbation_norms
 from robustlab.attacks.objectives import OBJECTIVES, Objective, adversarial_score, is_adversarial
 from robustlab.errors import RobustlabError
-from robustlab.kernels import fast_kernels
+from robustlab.fastpaths import FastPathGuard, FastPaths
 from robustlab.threat import Threat
 from robustlab.validation import check_inputs, check_int, check_labels, check_logits
+
+
+class AttackContainmentError(RobustlabError):
+    """An attack returned a point outside its threat ball or the [0, 1] box: a bug in the attack,
+    never clipped or dropped silently."""
+
+
+#: float tolerance of the containment check, the default of :meth:`Threat.contains`
+CONTAINMENT_ATOL = 1e-5
+
+
+def check_containment(name: str, x_adv: Tensor, x: Tensor, threat: Threat | None) -> None:
+    """Raise :class:`AttackContainmentError` unless every ``x_adv`` lies in ``threat``'s ball
+    around ``x`` (relative and absolute float tolerance ``1e-5``) and in [0, 1]; ``threat=None``
+    (a minimal-norm attack without eps) checks the box only."""
+    x_adv, atol = x_adv.detach(), CONTAINMENT_ATOL
+    flat = x_adv.reshape(x_adv.shape[0], -1)
+    violation = torch.maximum(-flat, flat - 1).clamp_min(0).amax(1).nan_to_num(float("inf"))
+    bad = violation > atol
+    what = "[0, 1]"
+    if threat is not None:
+        excess = (threat.norms(x_adv - x) - threat.eps).clamp_min(0).nan_to_num(float("inf"))
+        violation = torch.maximum(violation, excess)
+        bad = ~threat.contains(x_adv, x, atol=atol)
+        what = f"the threat {threat} or [0, 1]"
+    if bad.any():
+        raise AttackContainmentError(
+            f"internal error: {name} returned {int(bad.sum())} of {len(bad)} points outside "
+            f"{what} (largest violation {float(violation[bad].max()):.3g}); please report it."
+        )
 
 
 @contextmanager
@@ -153,6 +188,7 @@ class Attack(ABC):
             target = check_labels(target, x.shape[0], name="target labels")
         generator = self._generator(x.device)
         self.forward_passes = 0
+        self._fast = FastPathGuard()
         with eval_mode(model):
             logits = self._predict(model, x)
             check_labels(y, x.shape[0], num_classes=logits.shape[1])
@@ -167,7 +203,8 @@ class Attack(ABC):
                 if todo.numel() == 0:
                     break
                 t = target[todo] if target is not None else None
-                candidate = self.perturb(model, x[todo], y[todo], t, generator).detach()
+                with torch.enable_grad():  # also inside the caller's torch.no_grad()
+                    candidate = self.perturb(model, x[todo], y[todo], t, generator).detach()
                 cand_logits = self._predict(model, candidate)
                 score = self._score(candidate, x[todo], cand_logits, y[todo], t)
                 better = score > best_score[todo]
@@ -182,6 +219,8 @@ class Attack(ABC):
                 outside = done & ~self.threat.contains(x_adv, x)
                 x_adv[outside] = x[outside]
                 done &= ~outside
+        check_containment(self.name, x_adv, x, self.threat)
+        extras["fast_paths"] = self._fast.record.to_dict()
         return AttackResult(
             x_adv=x_adv,
             success=done,
@@ -197,7 +236,8 @@ class Attack(ABC):
     ) -> Tensor:
         """Perturb every point, already adversarial or not, once (the inner maximisation of
         adversarial training, where the loss of misclassified points still matters)."""
-        with eval_mode(model):
+        self._fast = FastPathGuard()
+        with eval_mode(model), torch.enable_grad():
             return self.perturb(model, x, y, target, self._generator(x.device)).detach()
 
     @abstractmethod
@@ -240,13 +280,23 @@ class Attack(ABC):
             return self._forward(model, x)
 
     def _forward(self, model: nn.Module, x: Tensor) -> Tensor:
-        """One counted forward pass, checked to return (N, K) logits."""
+        """One counted forward pass, checked to return (N, K) logits, on the fast paths (faster
+        CPU kernels; channels-last images with gradients) proven equal to the plain path for this
+        model at its first call (:mod:`robustlab.fastpaths`)."""
         self.forward_passes += x.shape[0]
-        if torch.is_grad_enabled() and x.requires_grad and x.dim() == 4 and x.device.type == "cpu":
-            # channels-last images: faster oneDNN convolutions and pooling with gradients
-            x = x.contiguous(memory_format=torch.channels_last)
-        with fast_kernels(x.device, weight_gradients=False):
-            return check_logits(model(x), x.shape[0])
+        return check_logits(self._fast_guard().forward(model, x), x.shape[0])
+
+    def _fast_guard(self) -> FastPathGuard:
+        """This run's guard (one is started for calls outside :meth:`run` and :meth:`maximize`)."""
+        guard = getattr(self, "_fast", None)
+        if guard is None:
+            guard = self._fast = FastPathGuard()
+        return guard
+
+    @property
+    def _fast_paths(self) -> FastPaths:
+        """The fast-path record of the current run (``extras["fast_paths"]``)."""
+        return self._fast_guard().record
 
     def loss_gradient(
         self,

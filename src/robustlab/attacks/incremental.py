@@ -16,11 +16,19 @@ it without padding. The values recomputed are the same sums of the same products
 the tests on oneDNN; at worst different float rounding, should a kernel be chosen for the smaller
 shape that sums in another order).
 
-:meth:`IncrementalForward.of` finds the block in a plain ``nn.Sequential`` (no hooks, no custom
-``forward``): optional :class:`~robustlab.models.layers.Normalize` layers, one ``Conv2d`` (zero
-padding, no dilation), pointwise layers (activations, eval-mode ``BatchNorm2d``), at most one
-``MaxPool2d`` / ``AvgPool2d`` without padding, and pointwise layers again. Any other model gets
-``None``, and the attack queries it whole.
+:meth:`IncrementalForward.build` finds the block in a plain ``nn.Sequential``: optional
+:class:`~robustlab.models.layers.Normalize` layers, one ``Conv2d`` (zero padding, no dilation),
+pointwise layers (activations, eval-mode ``BatchNorm2d``), at most one ``MaxPool2d`` /
+``AvgPool2d`` without padding, and pointwise layers again. Layer types must match exactly (a
+subclass of ``nn.ReLU`` may mix positions), no module may replace its ``forward`` on the instance,
+and no hook may be registered, on any module of the model or globally (the block's layers are not
+called as modules). Any other model gets the reason it is refused, and the attack queries it whole.
+
+Trust is also checked at run time: the logits of :meth:`IncrementalForward.reset` and of the first
+query through the whole block and through a patch are compared with the plain forward pass of the
+whole model on the same input (:func:`robustlab.fastpaths.agree`, float rounding only). On a
+mismatch the forward gives that query the plain logits and sets ``mismatch``; the attack then
+queries the whole model for the rest of the run and records that it fell back.
 """
 
 from __future__ import annotations
@@ -33,38 +41,53 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustlab.fastpaths import agree, difference, plain_forward
 from robustlab.kernels import fast_kernels
 from robustlab.models.layers import Normalize
 from robustlab.models.shapes import InputTooSmallError, output_shape, pair
 
-_ACTIVATIONS = (
+_ACTIVATIONS = frozenset({
     nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity,
+})  # fmt: skip
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_GLOBAL_HOOKS = (
+    "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+    "_global_backward_pre_hooks",
 )  # fmt: skip
 
 
 def _pointwise(m: nn.Module) -> bool:
-    """Whether ``m`` maps each activation on its own (the same function at every position)."""
-    if isinstance(m, _ACTIVATIONS):
+    """Whether ``m`` maps each activation on its own (the same function at every position): exact
+    types only, since a subclass may override ``forward``."""
+    if type(m) in _ACTIVATIONS:
         return True
-    if isinstance(m, nn.BatchNorm2d):  # running statistics only: eval mode, tracked
+    if type(m) is nn.BatchNorm2d:  # running statistics only: eval mode, tracked
         return not m.training and m.track_running_stats and m.running_mean is not None
-    return isinstance(m, nn.Dropout) and not m.training
+    return type(m) is nn.Dropout and not m.training
 
 
 def _local_pooling(m: nn.Module) -> bool:
     return (
-        isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))
+        type(m) in (nn.MaxPool2d, nn.AvgPool2d)
         and pair(m.padding) == (0, 0)
         and not m.ceil_mode
-        and (isinstance(m, nn.AvgPool2d) or (pair(m.dilation) == (1, 1) and not m.return_indices))
+        and (type(m) is nn.AvgPool2d or (pair(m.dilation) == (1, 1) and not m.return_indices))
     )
 
 
-def _has_hooks(m: nn.Module) -> bool:
-    return any(
-        getattr(m, name, None)
-        for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")
-    )
+def _hooks(model: nn.Module) -> str | None:
+    """Where a hook or a replaced ``forward`` would be skipped: a module that has one, or global
+    module hooks; None where there is none."""
+    module = nn.modules.module
+    if any(getattr(module, name, None) for name in _GLOBAL_HOOKS):
+        return "global module hooks are registered"
+    for name, m in model.named_modules():
+        where = f"module {name} ({type(m).__name__})" if name else "the model"
+        if any(getattr(m, attr, None) for attr in _HOOKS):
+            return f"{where} has hooks"
+        if "forward" in vars(m):
+            return f"{where} replaces its forward"
+    return None
 
 
 @dataclass(frozen=True)
@@ -126,7 +149,9 @@ class IncrementalForward:
     their logits; ``query(x_new, top, left, size)`` returns the logits of ``x_new``, which may differ
     from the current points only in the windows of ``size = (sh, sw)`` pixels at ``(top, left)``;
     ``accept(mask)`` makes the queried points of ``mask`` current, ``keep(mask)`` drops the others.
-    ``predict(module, features)`` runs the rest of the network (the attack's counted forward pass).
+    ``predict(module, features)`` runs the rest of the network (the attack's counted forward pass);
+    ``reference(model, x)`` is the plain forward pass the first logits of each kind are checked
+    against (see the module docstring; ``mismatch`` says why a check failed).
     """
 
     #: the largest share of the block's output recomputed as a patch (see :meth:`worth_it`)
@@ -144,9 +169,16 @@ class IncrementalForward:
         tail: nn.Sequential,
         axes: tuple[_Axis, _Axis],
         predict: Callable[[nn.Module, Tensor], Tensor],
+        model: nn.Module | None = None,
+        reference: Callable[[nn.Module, Tensor], Tensor] = plain_forward,
     ) -> None:
         self.pre, self.conv, self.tail, self.axes, self.predict = pre, conv, tail, axes, predict
         self.post = nn.Sequential(*post)
+        self.model = model if model is not None else nn.Sequential(*pre, conv, *post, *tail)
+        self.reference = reference
+        #: why the first logits of a kind differed from the plain forward pass (None: no mismatch)
+        self.mismatch: str | None = None
+        self._proven: set[str] = set()
         self._features: Tensor | None = None
         self._queried: Tensor | None = None
         self._plan_cache: dict = {}
@@ -159,27 +191,43 @@ class IncrementalForward:
         model: nn.Module,
         image_shape: tuple[int, ...],
         predict: Callable[[nn.Module, Tensor], Tensor],
+        reference: Callable[[nn.Module, Tensor], Tensor] = plain_forward,
     ) -> IncrementalForward | None:
-        """The incremental forward for ``model`` on (C, H, W) images, or None where the model has
+        """:meth:`build`, with None where the model is refused."""
+        built = cls.build(model, image_shape, predict, reference)
+        return built if isinstance(built, IncrementalForward) else None
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        image_shape: tuple[int, ...],
+        predict: Callable[[nn.Module, Tensor], Tensor],
+        reference: Callable[[nn.Module, Tensor], Tensor] = plain_forward,
+    ) -> IncrementalForward | str:
+        """The incremental forward for ``model`` on (C, H, W) images, or the reason the model has
         no local first block this class can reuse (see the module docstring)."""
-        if type(model) is not nn.Sequential or len(image_shape) != 3:
-            return None
+        if type(model) is not nn.Sequential:
+            return f"the model is a {type(model).__name__}, not a plain nn.Sequential"
+        if len(image_shape) != 3:
+            return "the inputs are not (C, H, W) images"
+        hooks = _hooks(model)
+        if hooks is not None:
+            return hooks
         modules = list(model)
-        if any(_has_hooks(m) for m in [model, *modules]) or nn.modules.module._global_forward_hooks:
-            return None
         i = 0
-        while i < len(modules) and isinstance(modules[i], Normalize):
+        while i < len(modules) and type(modules[i]) is Normalize:
             i += 1
         conv = modules[i] if i < len(modules) else None
         if (
-            not isinstance(conv, nn.Conv2d)
-            or type(conv).forward is not nn.Conv2d.forward
+            type(conv) is not nn.Conv2d
             or conv.padding_mode != "zeros"
             or isinstance(conv.padding, str)
             or pair(conv.dilation) != (1, 1)
             or conv.in_channels != image_shape[0]
         ):
-            return None
+            found = type(conv).__name__ if conv is not None else "nothing"
+            return f"the first layer is {found}, not a zero-padded nn.Conv2d without dilation"
         j = i + 1
         while j < len(modules) and _pointwise(modules[j]):
             j += 1
@@ -190,12 +238,12 @@ class IncrementalForward:
             while j < len(modules) and _pointwise(modules[j]):
                 j += 1
         if j == len(modules):
-            return None
+            return "no layer follows the first block"
         try:
             conv_shape = output_shape(conv, image_shape)
             out_shape = output_shape(pooling, conv_shape) if pooling else conv_shape
         except InputTooSmallError:
-            return None
+            return "the images are smaller than the first block's windows"
         pk, pt = (
             (pair(pooling.kernel_size), pair(pooling.stride or pooling.kernel_size))
             if pooling
@@ -204,9 +252,8 @@ class IncrementalForward:
         k, t, p = pair(conv.kernel_size), pair(conv.stride), pair(conv.padding)
         sizes = [(image_shape[d], conv_shape[d], out_shape[d]) for d in (1, 2)]
         axes = tuple(_Axis(k[d], t[d], p[d], pk[d], pt[d], *sizes[d]) for d in range(2))
-        return cls(
-            modules[:i], conv, modules[i + 1 : j], nn.Sequential(*modules[j:]), axes, predict
-        )
+        tail = nn.Sequential(*modules[j:])
+        return cls(modules[:i], conv, modules[i + 1 : j], tail, axes, predict, model, reference)
 
     # --------------------------------------------------------------------- the block
     def _block(self, x: Tensor, padded: bool = False) -> Tensor:
@@ -231,7 +278,19 @@ class IncrementalForward:
         """Logits of ``x``, now the current points."""
         self._features = self._whole_block(x)
         self._queried = None
-        return self.predict(self.tail, self._features)
+        return self._checked("reset", x, self.predict(self.tail, self._features))
+
+    def _checked(self, kind: str, x: Tensor, logits: Tensor) -> Tensor:
+        """``logits``, compared with the plain forward pass of ``x`` the first time for each
+        ``kind``; on a mismatch the plain logits, with ``mismatch`` set."""
+        if kind in self._proven:
+            return logits
+        plain = self.reference(self.model, x)
+        if not agree(logits, plain):
+            self.mismatch = f"{kind}: {difference(logits, plain)}"
+            return plain
+        self._proven.add(kind)
+        return logits
 
     def query(self, x: Tensor, top: Tensor, left: Tensor, size: tuple[int, int]) -> Tensor:
         """Logits of ``x``, equal to the current points outside the ``size`` windows at
@@ -241,7 +300,7 @@ class IncrementalForward:
         n, c, h, w = x.shape
         if not self.worth_it(n, size):
             self._queried = self._whole_block(x)
-            return self.predict(self.tail, self._queried)
+            return self._checked("whole-block query", x, self.predict(self.tail, self._queried))
         row_plan, col_plan = self._plans(size, x)
         index = row_plan.rows[top][:, :, None] * w + col_plan.rows[left][:, None, :]
         patch = x.reshape(n, c, -1).gather(2, index.view(n, 1, -1).expand(n, c, -1))
@@ -253,7 +312,7 @@ class IncrementalForward:
         self._queried = _scatter_windows(
             features.clone(), row_plan.first[top], col_plan.first[left], fresh
         )
-        return self.predict(self.tail, self._queried)
+        return self._checked("patch query", x, self.predict(self.tail, self._queried))
 
     def worth_it(self, n: int, size: tuple[int, int]) -> bool:
         """Whether a query of ``n`` points with ``size`` windows recomputes a patch of the block

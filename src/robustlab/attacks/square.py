@@ -12,8 +12,10 @@ iteration and point; points stop as soon as they are misclassified. No gradients
 
 A Linf query differs from the current point only inside its window, so on a CNN whose first block
 is local (conv, pointwise layers, pooling) only that block's outputs near the window are recomputed
-(:class:`~robustlab.attacks.incremental.IncrementalForward`); the logits are the whole model's.
-``incremental=False`` runs the whole model on every query.
+(:class:`~robustlab.attacks.incremental.IncrementalForward`); the logits are the whole model's,
+checked against the plain forward pass at run time (on a mismatch the run queries the whole
+model). ``incremental=False`` runs the whole model on every query. ``extras["fast_paths"]`` says
+whether the incremental forward was used, refused (and why) or fell back.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from robustlab.attacks.base import Attack
 from robustlab.attacks.incremental import IncrementalForward, window_index
 from robustlab.attacks.objectives import margin_objective
 from robustlab.errors import RobustlabError
+from robustlab.fastpaths import FELL_BACK, USED, plain_forward
 from robustlab.threat import Threat
 from robustlab.validation import check_int, check_positive
 
@@ -216,14 +219,10 @@ class Square(Attack):
             return x.clone()
         delta = self._init_linf(xi, generator) if linf else self._init_l2(xi, generator)
         x_best = self.threat.project(xi + delta, xi)
-        # Linf proposals change one window: queries reuse the model's first block outside it
-        incremental = (
-            IncrementalForward.of(model, tuple(shape[1:]), self._predict)
-            if linf and self.incremental and len(shape) == 4
-            else None
-        )
+        incremental = self._incremental(model, shape)
         if incremental is not None:
             logits = incremental.reset(x_best)
+            incremental = self._still_trusted(incremental)
         else:
             logits = self._predict(model, x_best.reshape(shape))
         loss, done = self._margin(logits, y, target)
@@ -243,6 +242,7 @@ class Square(Attack):
                 cand = self._propose_l2(xa, xb, sh, sw, generator)
             if incremental is not None:  # Linf only
                 logits = incremental.query(cand, top, left, (sh, sw))
+                incremental = self._still_trusted(incremental)
             else:
                 logits = self._predict(model, cand.reshape(-1, *shape[1:]))
             new_loss, hit = self._margin(logits, ya, ta)
@@ -258,4 +258,29 @@ class Square(Attack):
                 if incremental is not None:
                     incremental.keep(keep)
         x_best[idx] = xb
+        if incremental is not None:
+            self._fast_paths.note("incremental_forward", USED)
         return x_best.reshape(shape)
+
+    def _incremental(self, model, shape) -> IncrementalForward | None:
+        """Linf proposals change one window: queries reuse the model's first block outside it,
+        where the model allows it (the reason it does not is recorded)."""
+        if self.threat.norm != "linf" or len(shape) != 4:
+            self._fast_paths.note("incremental_forward", "not used: only for Linf on images")
+            return None
+        if not self.incremental:
+            self._fast_paths.note("incremental_forward", "not used: incremental=False")
+            return None
+        built = IncrementalForward.build(model, tuple(shape[1:]), self._predict, plain_forward)
+        if isinstance(built, str):
+            self._fast_paths.note("incremental_forward", f"refused: {built}")
+            return None
+        return built
+
+    def _still_trusted(self, incremental: IncrementalForward) -> IncrementalForward | None:
+        """``incremental`` unless its last logits failed their check (then the rest of the run
+        queries the whole model)."""
+        if incremental.mismatch is None:
+            return incremental
+        self._fast_paths.note("incremental_forward", f"{FELL_BACK}: {incremental.mismatch}")
+        return None
