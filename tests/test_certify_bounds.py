@@ -330,3 +330,53 @@ def test_zero_radius_gives_the_exact_margins():
             b = margin_bounds(model, x, y, "linf:0", method=method)
             torch.testing.assert_close(b, margins(model, x, y), atol=1e-5, rtol=1e-5)
             assert math.isfinite(float(b.sum()))
+
+
+def refinement_net() -> nn.Module:
+    """x in [0, 1]^2 (x = (0.5, 0.5), Linf 0.5); z1 = (x1 + x2 - 1, x1 - x2) in [-1, 1]^2,
+    h = relu(z1); z2 = h1 + h2 - 1.75; out = relu(z2).
+
+    By hand: relu's triangle upper line on [-1, 1] is 0.5 z + 0.5, so back-substitution gives
+    z2 <= 0.5 (x1 + x2 - 1) + 0.5 (x1 - x2) + 1 - 1.75 = x1 - 1.25 <= -0.25, while IBP gives
+    z2 <= 1 + 1 - 1.75 = 0.25. With CROWN's refined z2 in [-1.75, -0.25] the second ReLU is
+    stably off and out = 0 exactly (true: h1 + h2 <= 1, so out = 0 everywhere). CROWN-IBP keeps
+    IBP's [-1.75, 0.25]: relu(z2) <= (z2 + 1.75) / 8, whose maximum over the input is
+    (x1 - 1.25 + 1.75) / 8 at x1 = 1: 0.1875. IBP: 0.25.
+    """
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1), nn.ReLU(),
+                          nn.Linear(1, 1)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 1.0], [1.0, -1.0]]))
+        model[0].bias.copy_(torch.tensor([-1.0, 0.0]))
+        model[2].weight.copy_(torch.tensor([[1.0, 1.0]]))
+        model[2].bias.fill_(-1.75)
+        model[4].weight.fill_(1.0)
+        model[4].bias.fill_(0.0)
+    return model
+
+
+def test_crown_refines_intermediate_bounds_by_back_substitution():
+    """Full CROWN's intermediate (pre-activation) bounds come from backward passes, not IBP: on
+    a hand-computed net the refined bound makes a ReLU stable and the output bound exact."""
+    from robustlab.certify.crown import crown, crown_ibp
+    from robustlab.certify.propagation import check_spec, setup
+
+    model = refinement_net()
+    x = torch.full((1, 2), 0.5)
+    upper = -torch.ones(1, 1)  # bounds of -out: minus the upper bound of out
+    results = {}
+    for name, fn in (("crown", crown), ("crown-ibp", crown_ibp)):
+        state = setup(model, x, "linf:0.5")
+        with torch.no_grad():
+            results[name] = float(fn(state, check_spec(upper, state)))
+        z2 = state.intervals[3]  # node 3: the second Linear's output
+        results[name + " z2"] = (float(z2[0]), float(z2[1]))
+    assert results["crown z2"] == pytest.approx((-1.75, -0.25), abs=1e-6)
+    assert results["crown-ibp z2"] == pytest.approx((-1.75, 0.25), abs=1e-6)
+    assert -results["crown"] == pytest.approx(0.0, abs=1e-6)
+    assert -results["crown-ibp"] == pytest.approx(0.1875, abs=1e-6)
+    with torch.no_grad():
+        assert -float(ibp_bounds(model, x, "linf:0.5", upper)) == pytest.approx(0.25, abs=1e-6)
+        for method, expected in (("crown", 0.0), ("crown-ibp", 0.1875), ("ibp", 0.25)):
+            got = -float(compute_bounds(model, x, "linf:0.5", upper, method=method))
+            assert got == pytest.approx(expected, abs=1e-6), method

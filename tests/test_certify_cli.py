@@ -83,3 +83,23 @@ def test_unsupported_layer_through_the_cli(tmp_path, capsys, monkeypatch):
                               "--data-dir", str(data), "--no-progress"], capsys, monkeypatch)
     assert code == 2, err
     assert "MaxPool2d" in err and "supported layers" in err and "Traceback" not in err
+
+
+def test_a_hooked_model_is_refused_through_the_cli(checkpoint, capsys, monkeypatch):
+    """A global forward hook runs inside every module's call: no bound method may certify the
+    model, and the CLI ends with the one sentence and exit code 2."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    handle = register_module_forward_hook(lambda mod, inp, out: None)
+    try:
+        for method, threat in (("ibp", "linf:0.01"), ("crown", "linf:0.01"),
+                               ("lipschitz", "l2:0.1")):
+            code, out, err = run_cli(["certify", "--checkpoint", str(checkpoint), "--method",
+                                      method, "--threat", threat, "--limit", "4",
+                                      "--no-progress"], capsys, monkeypatch)
+            assert code == 2, err
+            message = " ".join(err.split())
+            assert "global module forward hook is registered" in message
+            assert "Traceback" not in err and "certified accuracy" not in out
+    finally:
+        handle.remove()

@@ -58,21 +58,43 @@ def test_bound_exceeds_the_empirical_lipschitz_constant(seed):
     assert bound >= empirical_lipschitz(model, shape) * (1 - 1e-5)
 
 
-@pytest.mark.parametrize("conv", [
-    nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(2, 3, 3, stride=2, padding=1),
-    nn.Conv2d(2, 4, 3, padding=2, dilation=2, groups=2), nn.Conv2d(3, 2, 4, stride=2),
-    nn.Conv2d(2, 2, 1, stride=2),
-])
-def test_conv_bound_is_above_the_exact_norm_and_power_iteration_below(conv):
+CONVS = [
+    dict(in_channels=2, out_channels=3, kernel_size=3, padding=1),
+    dict(in_channels=2, out_channels=3, kernel_size=3, stride=2, padding=1),
+    dict(in_channels=2, out_channels=4, kernel_size=3, padding=2, dilation=2, groups=2),
+    dict(in_channels=3, out_channels=2, kernel_size=4, stride=2),
+    dict(in_channels=2, out_channels=2, kernel_size=1, stride=2),
+]
+ITERATIONS = 300
+
+
+@pytest.mark.parametrize("index", range(len(CONVS)), ids=[f"conv{i}" for i in range(len(CONVS))])
+def test_conv_bound_is_above_the_exact_norm_and_power_iteration_below(index):
+    """Power iteration's error after k steps shrinks like (s_2 / s_1)^(2k), s_2 the largest
+    singular value below the top one (a repeated top value is no obstacle). The weights are
+    seeded, and the precondition (s_2 / s_1)^(2k) < 1e-6 is checked, so the convergence
+    assertion holds by theory, not by luck: with weights drawn from the global generator a
+    grouped convolution's two blocks once had s_2 / s_1 = 0.9985 and the estimate stopped 1.2e-3
+    short of the norm."""
+    torch.manual_seed(index)
+    conv = nn.Conv2d(**CONVS[index])
     shape = (conv.in_channels, 7, 7)
     graph = compile_model(nn.Sequential(conv, nn.Flatten()), shape)
     node = graph.nodes[1]
     lm = LinearMap(1, node.op, False, shape)
-    exact = dense_norm(lambda v: conv(v) - (conv.bias.view(-1, 1, 1) if conv.bias is not None
-                                           else 0), shape)
+    jac = torch.autograd.functional.jacobian(
+        lambda v: (conv(v.reshape(1, *shape)) - conv.bias.view(-1, 1, 1)).flatten(),
+        torch.zeros(math.prod(shape)))
+    sv = torch.linalg.svdvals(jac.double())
+    exact = float(sv[0])
+    below = sv[sv < exact * (1 - 1e-6)]
+    ratio = float(below[0]) / exact if below.numel() else 0.0
+    assert ratio ** (2 * ITERATIONS) < 1e-6, "test precondition: a gap power iteration can close"
     with torch.no_grad():
         bound = float(spectral_bound(lm))
-        estimate = float(PowerIteration(300)(lm))
+        estimates = [float(PowerIteration(k)(lm)) for k in (5, 50, ITERATIONS)]
+    estimate = estimates[-1]
+    assert all(a <= b * (1 + 1e-6) for a, b in zip(estimates, estimates[1:]))  # from below
     assert estimate <= exact * (1 + 1e-4)
     assert estimate == pytest.approx(exact, rel=1e-3)
     assert bound >= exact * (1 - 1e-5)

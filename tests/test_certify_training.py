@@ -187,3 +187,35 @@ def test_emma_training_with_liresnet_blocks_and_its_state(digits_small):
     res = certify(model.eval(), small, "lipschitz", "l2:0.05")
     assert 0 <= res.certified_accuracy <= res.clean_accuracy
     assert res.summary["lipschitz"] >= history[-1]["train_lipschitz"] * 0.5
+
+
+def test_crown_ibp_training_mixes_the_bounds_by_beta():
+    """Zhang et al. 2020, eq. 8: m = beta m_CROWN-IBP + (1 - beta) m_IBP, each computed alone."""
+    from robustlab.certify import crown_ibp_bounds, ibp_bounds
+
+    model, shape = random_net(4, residual=False, batchnorm=False)
+    k = model[-1].out_features
+    b = batch(shape, k=k)
+    threat = "linf:0.05"
+    spec = margin_spec(b.y, k)
+    with torch.no_grad():
+        crown = crown_ibp_bounds(model, b.x, threat, spec)
+        ibp = ibp_bounds(model, b.x, threat, spec)
+        assert (crown - ibp).abs().max() > 0.02  # the two bounds differ on this net
+        logits = model(b.x)
+        method = METHODS.build("crown-ibp", threat=threat, tightness_samples=0)
+        for beta in (1.0, 0.0, 0.5, 0.25):
+            loss, m = method.robust_loss(model, b, method.threat, {"beta": beta, "kappa": 1.0},
+                                         logits)
+            torch.testing.assert_close(m, beta * crown + (1 - beta) * ibp, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(loss, F.cross_entropy(-m, b.y, reduction="none"))
+        # through compute_loss: beta follows the ramp (1 -> 0), here 0.5 at half the ramp
+        out = method.compute_loss(model, b, ctx(0.5))
+        half = METHODS.build("crown-ibp", threat=threat, tightness_samples=0).threat.with_eps(0.025)
+        c_half = crown_ibp_bounds(model, b.x, half, spec)
+        i_half = ibp_bounds(model, b.x, half, spec)
+        robust = F.cross_entropy(-(0.5 * c_half + 0.5 * i_half), b.y)
+        kappa = out.metrics["kappa"]
+        expected = kappa * F.cross_entropy(logits, b.y) + (1 - kappa) * robust
+        assert out.metrics["beta"] == pytest.approx(0.5)
+        torch.testing.assert_close(out.loss, expected, atol=1e-5, rtol=1e-5)

@@ -3,7 +3,8 @@
 * bound propagation -- :func:`compute_bounds` / :func:`margin_bounds` with ``method`` ``"ibp"``
   (Gowal et al. 2018), ``"crown-ibp"`` (Zhang et al. 2020) or ``"crown"`` (Zhang et al. 2018) for
   models built from Linear, Conv2d, ReLU, Flatten, BatchNorm, average pooling, Normalize and
-  Residual layers, on Linf or L2 balls intersected with [0, 1];
+  Residual layers (matched by exact type, no forward hooks, the compiled graph checked against
+  ``model(x)`` on every bounded batch), on Linf or L2 balls intersected with [0, 1];
 * randomized smoothing -- :class:`SmoothedClassifier` (Cohen et al. 2019);
 * Lipschitz margins -- :class:`LipschitzCertifier`, :class:`LiResNetBlock`, the EMMA loss
   (Hu et al. 2023);
@@ -15,15 +16,21 @@
 from robustlab.certify.bounds import BOUND_METHODS, compute_bounds, margin_bounds
 from robustlab.certify.certifier import CERTIFIERS, CertificationResult, Certifier, certify
 from robustlab.certify.crown import crown_bounds, crown_ibp_bounds
-from robustlab.certify.graph import SUPPORTED_LAYERS, UnsupportedLayerError, compile_model
+from robustlab.certify.graph import (
+    SUPPORTED_LAYERS,
+    GraphMismatchError,
+    UnsupportedLayerError,
+    compile_model,
+    verify_graph,
+)
 from robustlab.certify.ibp import ibp_bounds, interval_bounds
 from robustlab.certify.lipschitz import (
     LipschitzCertifier,
-    LiResNetBlock,
     emma_logits,
     emma_loss,
     lipschitz_certify,
 )
+from robustlab.certify.liresnet import LiResNetBlock
 from robustlab.certify.smoothing import SmoothedClassifier
 from robustlab.certify.spec import margin_spec, verified, worst_margin
 from robustlab.certify.tightness import propagation_tightness
@@ -34,6 +41,7 @@ __all__ = [
     "SUPPORTED_LAYERS",
     "CertificationResult",
     "Certifier",
+    "GraphMismatchError",
     "LiResNetBlock",
     "LipschitzCertifier",
     "SmoothedClassifier",
@@ -52,5 +60,6 @@ __all__ = [
     "margin_spec",
     "propagation_tightness",
     "verified",
+    "verify_graph",
     "worst_margin",
 ]

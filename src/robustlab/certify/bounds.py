@@ -44,6 +44,7 @@ def compute_bounds(
     lower_slope: str = "adaptive",
     tighten: bool = True,
     max_elements: int = MAX_ELEMENTS,
+    logits: Tensor | None = None,
 ) -> Tensor:
     """Lower bounds (N, S) of ``C f(x')`` for all ``x'`` in the threat's ball around ``x``
     intersected with [0, 1].
@@ -52,9 +53,14 @@ def compute_bounds(
     specification (rows ``e_y - e_j``, see :func:`~robustlab.certify.spec.margin_spec`); with
     neither, each logit is bounded. The model is used in its current mode (call it in eval mode
     to certify; BatchNorm in training mode uses the clean batch's statistics).
+
+    The model is compiled and its graph checked against ``model(x)`` on this batch first (a
+    custom ``forward``, a hook or an unknown layer is refused with one sentence, see
+    :func:`~robustlab.certify.graph.verify_graph`); pass ``logits=model(x)`` when you have it to
+    save that forward.
     """
     method = check_method(method)
-    state = setup(model, x, threat, lower_slope)
+    state = setup(model, x, threat, lower_slope, logits=logits)
     if y is not None:
         if spec is not None:
             raise RobustlabError("pass either a specification C or labels y, not both.")

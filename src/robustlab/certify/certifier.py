@@ -81,8 +81,9 @@ class Certifier(ABC):
         return None
 
     @abstractmethod
-    def batch(self, model: nn.Module, x: Tensor, y: Tensor, bar: Progress) -> BatchCertificate:
-        """Certify one batch (model in eval mode)."""
+    def batch(self, model: nn.Module, x: Tensor, y: Tensor, bar: Progress,
+              logits: Tensor | None = None) -> BatchCertificate:
+        """Certify one batch (model in eval mode); ``logits`` is ``model(x)`` when known."""
 
     def summary(self, result: CertificationResult) -> dict[str, Any]:
         """Method-specific figures added to the result."""
@@ -103,9 +104,11 @@ class BoundCertifier(Certifier):
     def check_threat(self, threat: Threat) -> Threat:
         return as_bound_threat(threat)
 
-    def batch(self, model: nn.Module, x: Tensor, y: Tensor, bar: Progress) -> BatchCertificate:
+    def batch(self, model: nn.Module, x: Tensor, y: Tensor, bar: Progress,
+              logits: Tensor | None = None) -> BatchCertificate:
         with torch.no_grad():
-            bounds = compute_bounds(model, x, self.threat, y=y, method=self.name, **self.options)
+            bounds = compute_bounds(model, x, self.threat, y=y, method=self.name, logits=logits,
+                                    **self.options)
         low = worst_margin(bounds, y)
         return BatchCertificate(certified=low > 0, lower_bound=low)
 
@@ -183,7 +186,8 @@ class SmoothingCertifier(Certifier):
             model, num_classes, o["sigma"], noise_batch=o["noise_batch"], seed=seed
         )
 
-    def batch(self, model: nn.Module, x: Tensor, y: Tensor, bar: Progress) -> BatchCertificate:
+    def batch(self, model: nn.Module, x: Tensor, y: Tensor, bar: Progress,
+              logits: Tensor | None = None) -> BatchCertificate:
         o = self.options
         cert = self.smoothed.certify(x, o["n0"], o["n"], o["alpha"], bar=bar)
         right = cert.prediction == y
@@ -215,8 +219,9 @@ class LipschitzMarginCertifier(Certifier):
         self.certifier = LipschitzCertifier(model, input_shape)
         self.eps_l2 = l2_radius(self.threat, input_shape)
 
-    def batch(self, model: nn.Module, x: Tensor, y: Tensor, bar: Progress) -> BatchCertificate:
-        cert = self.certifier(x, y)
+    def batch(self, model: nn.Module, x: Tensor, y: Tensor, bar: Progress,
+              logits: Tensor | None = None) -> BatchCertificate:
+        cert = self.certifier(x, y, logits=logits)
         low = worst_margin(cert.margin_lower(y, self.eps_l2), y)
         return BatchCertificate(certified=low > 0, lower_bound=low, radius=cert.radius)
 
@@ -331,7 +336,7 @@ def certify(
                 check_labels(y_all, n, logits.shape[1], f"{name} labels")
                 certifier.prepare(model, tuple(x_all.shape[1:]), k, seed)
             correct[i : i + len(xb)] = (logits.argmax(1) == yb).cpu()
-            parts.append(certifier.batch(model, xb, yb, bar))
+            parts.append(certifier.batch(model, xb, yb, bar, logits))
             bar.update(task, advance=len(xb))
     elapsed = time.perf_counter() - t0
 

@@ -40,9 +40,11 @@ from robustlab.certify.graph import (
     ScaleOp,
     WeightOp,
     compile_model,
+    model_output,
+    verify_graph,
 )
+from robustlab.certify.liresnet import LiResNetBlock as LiResNetBlock  # re-exported
 from robustlab.errors import RobustlabError
-from robustlab.models.layers import Residual
 from robustlab.threat import Threat
 from robustlab.validation import check_inputs, check_int, check_labels
 
@@ -250,9 +252,15 @@ def pair_constants(graph: Graph, labels: Tensor, feature: Tensor | None, total: 
 class LipschitzCertifier:
     """Sound Lipschitz constants of an eval-mode ``model`` (computed once) and per-input
     certificates: radius ``min_{j != y} (z_y - z_j) / K_yj`` clipped at 0, for labels ``y`` (0
-    when misclassified), or for the predicted classes without labels."""
+    when misclassified), or for the predicted classes without labels.
+
+    The constants are those of the compiled graph, so every call first checks that the graph
+    still computes ``model`` on the batch (:func:`~robustlab.certify.graph.verify_graph`: no
+    hook added since, the same parameters, the same outputs); the margins are the model's own.
+    """
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+        self.model = model
         self.graph = compile_model(model, tuple(input_shape))
         if self.graph.uses_batch_statistics():
             raise RobustlabError(
@@ -261,10 +269,14 @@ class LipschitzCertifier:
         with torch.no_grad():
             self.feature, self.total = network_constants(self.graph, spectral_bound)
 
-    def __call__(self, x: Tensor, y: Tensor | None = None) -> LipschitzCertificate:
+    def __call__(self, x: Tensor, y: Tensor | None = None, *, logits: Tensor | None = None
+                 ) -> LipschitzCertificate:
+        """Certificates for the batch ``x``; ``logits`` is ``model(x)`` when the caller has it."""
         check_inputs(x)
         with torch.no_grad():
-            logits = self.graph.forward(x)
+            if logits is None:
+                logits = model_output(self.model, x)
+            verify_graph(self.graph, self.model, x, logits=logits)
             if y is None:
                 labels = logits.argmax(1)
             else:
@@ -291,22 +303,7 @@ def l2_radius(threat: Threat, input_shape: tuple[int, ...]) -> float:
     raise RobustlabError(f"Lipschitz certification supports linf and l2 threats, got '{threat}'.")
 
 
-# ------------------------------------------------------------------------- LiResNet and EMMA
-class LiResNetBlock(Residual):
-    """LiResNet block ``x + conv(x)`` (Hu et al. 2023, eq. 4): one same-padded, stride-1
-    convolution with an identity shortcut, whose Lipschitz bound is that of the single kernel
-    ``W + I`` (see :func:`conv_spectral_bound`). Follow it with a ReLU."""
-
-    def __init__(self, channels: int, kernel_size: int = 3) -> None:
-        check_int(channels, "channels")
-        if kernel_size % 2 != 1:
-            raise RobustlabError(f"kernel_size must be odd, got {kernel_size!r}.")
-        conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)
-        nn.init.normal_(conv.weight, std=1.0 / (channels * kernel_size**2))
-        nn.init.zeros_(conv.bias)
-        super().__init__(conv)
-
-
+# ------------------------------------------------------------------------- EMMA
 def emma_logits(logits: Tensor, y: Tensor, consts: Tensor, eps: float) -> Tensor:
     """EMMA (Hu et al. 2023, Section 4): raise each non-target logit by ``eps_j K_yj``, where
     ``eps_j = clip((z_y - z_j) / (eps K_yj), 0.01, 1) * eps`` (no gradient through ``eps_j``) is

@@ -28,7 +28,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from robustlab.certify.graph import AddOp, AffineOp, Graph, ReLUOp, ScaleOp, compile_model
+from robustlab.certify.graph import (
+    AddOp,
+    AffineOp,
+    Graph,
+    ReLUOp,
+    ScaleOp,
+    compile_model,
+    verify_graph,
+)
 from robustlab.certify.spec import InputSet, as_bound_threat, interval_lower
 from robustlab.errors import RobustlabError
 from robustlab.threat import Threat
@@ -92,18 +100,35 @@ class BoundState:
 
 
 def setup(
-    model: nn.Module, x: Tensor, threat: Threat | str, lower_slope: str = "adaptive"
+    model: nn.Module,
+    x: Tensor,
+    threat: Threat | str,
+    lower_slope: str = "adaptive",
+    *,
+    logits: Tensor | None = None,
 ) -> BoundState:
-    """Validate the inputs, compile ``model`` and fix BatchNorm batch statistics from ``x``."""
+    """Validate the inputs, compile ``model``, fix BatchNorm batch statistics from ``x`` and
+    check that the graph computes the model on ``x`` (see
+    :func:`~robustlab.certify.graph.verify_graph`; ``logits`` is ``model(x)`` when the caller
+    has it already).
+
+    Every bound method (IBP, CROWN-IBP, CROWN, the tightness metric, certified training) starts
+    here, so no bound is computed for a graph that was not checked against the model on the very
+    batch it bounds.
+    """
     check_inputs(x)
     t = as_bound_threat(threat)
-    graph = compile_model(model, tuple(x.shape[1:]))
-    if graph.uses_batch_statistics():
-        graph.forward(x)
     if lower_slope not in LOWER_SLOPES:
         raise RobustlabError(
             f"Unknown ReLU lower slope {lower_slope!r}; known: {', '.join(LOWER_SLOPES)}."
         )
+    graph = compile_model(model, tuple(x.shape[1:]))
+    if graph.uses_batch_statistics():
+        out = graph.forward(x)  # fixes the batch statistics, differentiably in the weights
+    else:
+        with torch.no_grad():
+            out = graph.forward(x)
+    verify_graph(graph, model, x, out=out, logits=logits)
     return BoundState(graph, InputSet(x, t), lower_slope)
 
 

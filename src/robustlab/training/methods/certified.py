@@ -19,6 +19,12 @@ coefficients run over the same ramp.
 * ``emma`` -- Hu et al. 2023: cross-entropy on EMMA logits with per-class-pair Lipschitz
   constants from power iteration (M18).
 
+Every bound is computed on the model's compiled graph, checked against the model first: layer
+types, hooks (:func:`~robustlab.certify.graph.compile_model`) and, on each batch, the graph's
+outputs against the step's own logits (:func:`~robustlab.certify.graph.verify_graph`; the logits
+are reused, so the check costs one gradient-free forward of the graph). EMMA's Lipschitz
+constants come from the same graph and are checked the same way.
+
 The IBP-based methods log the propagation tightness of Mao et al. 2024 (M4) -- measured on the
 first ``tightness_samples`` inputs of every ``tightness_every``-th batch at the threat's full
 radius, and reported at every step as the latest measurement -- and the share of the batch
@@ -35,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlab.attacks import PGD
-from robustlab.certify.graph import compile_model
+from robustlab.certify.graph import compile_model, verify_graph
 from robustlab.certify.ibp import ibp
 from robustlab.certify.lipschitz import (
     PowerIteration,
@@ -98,10 +104,12 @@ class BoundTraining(Method):
 
     @abstractmethod
     def robust_loss(
-        self, model: nn.Module, batch: Batch, threat: Threat, coef: dict[str, float]
+        self, model: nn.Module, batch: Batch, threat: Threat, coef: dict[str, float],
+        logits: Tensor,
     ) -> tuple[Tensor, Tensor]:
         """(per-sample robust loss, the margin lower bounds it used) at radius ``threat.eps``
-        with the scheduled coefficients ``coef``."""
+        with the scheduled coefficients ``coef``; ``logits`` is ``model(batch.x)``, against which
+        the bound graph is checked (:func:`~robustlab.certify.propagation.setup`)."""
 
     def schedules(self, ctx: StepContext) -> dict[str, float]:
         """The scheduled coefficients at this step."""
@@ -118,7 +126,7 @@ class BoundTraining(Method):
             robust = clean.detach()
             verified = logits.detach().argmax(1) == batch.y
         else:
-            per_sample, bounds = self.robust_loss(model, batch, threat, coef)
+            per_sample, bounds = self.robust_loss(model, batch, threat, coef, logits.detach())
             robust = per_sample.mean()
             loss = coef["kappa"] * clean + (1 - coef["kappa"]) * robust
             verified = bounds.detach().scatter(1, batch.y[:, None], float("inf")).min(1).values > 0
@@ -135,9 +143,11 @@ class BoundTraining(Method):
         return LossOutput(loss, logits, metrics)
 
 
-def ibp_margins(model: nn.Module, x: Tensor, y: Tensor, threat: Threat) -> Tensor:
-    """IBP lower bounds (N, K) of the margins (differentiable in the weights)."""
-    state = setup(model, x, threat)
+def ibp_margins(model: nn.Module, x: Tensor, y: Tensor, threat: Threat,
+                logits: Tensor | None = None) -> Tensor:
+    """IBP lower bounds (N, K) of the margins (differentiable in the weights); ``logits`` is
+    ``model(x)`` when known (the bound graph is checked against it)."""
+    state = setup(model, x, threat, logits=logits)
     k = state.graph.nodes[-1].shape[0]
     return ibp(state, margin_spec(y, k, x.dtype))
 
@@ -150,8 +160,8 @@ class IBPTraining(BoundTraining):
     name = "ibp"
     default_eps_factor = 1.1
 
-    def robust_loss(self, model, batch, threat, coef):
-        m = ibp_margins(model, batch.x, batch.y, threat)
+    def robust_loss(self, model, batch, threat, coef, logits):
+        m = ibp_margins(model, batch.x, batch.y, threat, logits)
         return F.cross_entropy(-m, batch.y, reduction="none"), m
 
 
@@ -187,8 +197,8 @@ class CrownIBPTraining(BoundTraining):
     def schedules(self, ctx: StepContext) -> dict[str, float]:
         return {**super().schedules(ctx), "beta": ramp_value(self.beta_start, self.beta_end, ctx)}
 
-    def robust_loss(self, model, batch, threat, coef):
-        state = setup(model, batch.x, threat)
+    def robust_loss(self, model, batch, threat, coef, logits):
+        state = setup(model, batch.x, threat, logits=logits)
         spec = margin_spec(batch.y, state.graph.nodes[-1].shape[0], batch.x.dtype)
         m = ibp(state, spec)
         beta = coef["beta"]
@@ -229,10 +239,10 @@ class ExpressiveTraining(BoundTraining):
         attack = PGD(threat, steps=steps, step_size=step, random_start=True, early_stop=False)
         return attack(model, batch.x, batch.y)
 
-    def robust_loss(self, model, batch, threat, coef):
+    def robust_loss(self, model, batch, threat, coef, logits):
         x_adv = self.adversarial(model, batch, threat)
         z_adv = model(x_adv)
-        m = ibp_margins(model, batch.x, batch.y, threat)
+        m = ibp_margins(model, batch.x, batch.y, threat, logits)
         return self.combine(z_adv, m, batch.y), m
 
     @abstractmethod
@@ -316,6 +326,7 @@ class EMMA(Method):
         if graph.uses_batch_statistics():
             raise RobustlabError("EMMA needs a model without BatchNorm in training mode.")
         logits = model(batch.x)
+        verify_graph(graph, model, batch.x, logits=logits.detach())  # constants are the graph's
         feature, total = network_constants(graph, self.power)
         lip = float(total.detach())
         consts = pair_constants(graph, batch.y, feature, total)
