@@ -20,8 +20,8 @@ environment; without it only robustlab's numbers are printed. Natural test image
 scikit-image's bundled data when it is installed (it is a dependency of the reference), else from
 a procedural stand-in. Prints JSON; ``--out`` also writes it.
 
-    .bench-venv/bin/python bench/corruption_speed.py --out runs/corruption_speed.json \
-        --markdown runs/corruption_speed.md
+    .bench-venv/bin/python bench/corruption_speed.py --repeats 7 \
+        --out bench/results/corruption_speed.json --markdown bench/results/corruption_speed.md
 """
 
 from __future__ import annotations
@@ -221,7 +221,8 @@ def main() -> None:
         "repeats": args.repeats,
         "imagenet_c": rows,
         "mnist_c": mrows,
-        "provenance": provenance(seed=0, device="cpu", config=vars(args) | {"out": str(args.out)}),
+        "provenance": provenance(seed=0, device="cpu", config={
+            k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}),
     }
     text = json.dumps(out, indent=2)
     print(text)

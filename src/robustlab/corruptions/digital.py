@@ -3,6 +3,8 @@ elastic transform, pixelate, JPEG compression, and the extra saturate."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -66,35 +68,56 @@ def elastic_transform(x: Tensor, alpha: float, ctx: Context) -> Tensor:
 
 
 def pixelate(x: Tensor, c: float, ctx: Context) -> Tensor:
-    """Box-downsample to ``int(size * c)`` (exact pixel-coverage weights, PIL's BOX filter) and
-    upsample back with nearest neighbours (PIL's NEAREST: source ``floor((i + 0.5) * s)``).
-    Small images upsample by two index gathers, large ones by ``interpolate`` (faster on CPU for
-    each, measured in bench/corruption_speed.py); both pick the same source pixels."""
+    """Box-downsample to ``int(size * c)`` (PIL's BOX filter: the mean of the inputs whose centre
+    falls in each output's window) and upsample back with nearest neighbours (PIL's NEAREST), as
+    the reference's two PIL resizes. Small images upsample by two index gathers, large ones by
+    ``interpolate`` where it picks the same source pixels as Pillow (checked per size; faster on
+    CPU for each, measured in bench/corruption_speed.py)."""
     h, w = x.shape[2:]
     mh, mw = max(int(h * c), 1), max(int(w * c), 1)
     small = _box_matrix(h, mh).to(x) @ x @ _box_matrix(w, mw).T.to(x)
-    if h * w > GATHER_MAX_AREA:
+    if h * w > GATHER_MAX_AREA and _interpolate_is_pillow(h, mh) and _interpolate_is_pillow(w, mw):
         return Fn.resize(small, (h, w), mode="nearest-exact")
-    return small.index_select(3, _nearest_index(w, mw, x.device)).index_select(
-        2, _nearest_index(h, mh, x.device))
+    return small.index_select(3, _nearest_index(w, mw).to(x.device)).index_select(
+        2, _nearest_index(h, mh).to(x.device))
 
 
 GATHER_MAX_AREA = 64 * 64
 
 
-def _nearest_index(n: int, m: int, device) -> Tensor:
-    """Source index of each of ``n`` outputs when upsampling ``m`` samples (nearest-exact)."""
-    i = ((torch.arange(n, dtype=torch.float64) + 0.5) * (m / n)).floor_().long()
-    return i.clamp_(max=m - 1).to(device)
+@functools.lru_cache(maxsize=256)
+def _nearest_index(n: int, m: int) -> Tensor:
+    """Source index of each of ``n`` outputs when upsampling ``m`` samples with PIL's NEAREST:
+    ``int(p)`` at ``p = s/2, s/2 + s, ...`` (s = m/n), accumulated in float64 as Pillow does,
+    so an exact tie (p an integer) goes wherever Pillow's rounding sends it."""
+    step, p, out = m / n, 0.0 + (m / n) * 0.5, []
+    for _ in range(n):
+        out.append(min(int(p), m - 1))
+        p += step
+    return torch.tensor(out, dtype=torch.long)
+
+
+@functools.lru_cache(maxsize=256)
+def _interpolate_is_pillow(n: int, m: int) -> bool:
+    """Whether ``interpolate(mode='nearest-exact')`` from ``m`` to ``n`` samples picks Pillow's
+    source pixels (a run-time comparison on an index ramp)."""
+    ramp = torch.arange(m, dtype=torch.float32).view(1, 1, 1, m)
+    got = Fn.resize(ramp, (1, n), mode="nearest-exact").view(n).long()
+    return torch.equal(got, _nearest_index(n, m))
 
 
 def _box_matrix(n: int, m: int) -> Tensor:
-    """(m, n) averaging matrix: output i covers input [i n/m, (i+1) n/m), weights by overlap."""
-    edges = torch.arange(m + 1, dtype=torch.float64) * (n / m)
-    left, right = edges[:-1, None], edges[1:, None]
+    """(m, n) averaging matrix of PIL's BOX filter (m <= n): output i is the mean of the inputs j
+    whose centre j + 1/2 lies in (i s, (i+1) s], s = n/m, each at weight 1. Pillow's float64
+    tests are kept as they are (its window bounds round, so an input whose centre falls exactly
+    on a window edge can count for neither output), since the reference resizes with Pillow."""
+    s = n / m
+    centre = (torch.arange(m, dtype=torch.float64)[:, None] + 0.5) * s
+    lo, hi = (centre - 0.5 * s + 0.5).floor_(), (centre + 0.5 * s + 0.5).floor_()
     j = torch.arange(n, dtype=torch.float64)[None, :]
-    overlap = (torch.minimum(right, j + 1) - torch.maximum(left, j)).clamp_(min=0)
-    return (overlap / overlap.sum(1, keepdim=True)).float()
+    t = (j - centre + 0.5) * (1.0 / s)
+    inside = ((j >= lo) & (j < hi) & (t > -0.5) & (t <= 0.5)).double()
+    return (inside / inside.sum(1, keepdim=True).clamp_min(1.0)).float()
 
 
 def jpeg_compression(x: Tensor, quality: int, ctx: Context) -> Tensor:

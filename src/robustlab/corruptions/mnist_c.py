@@ -63,8 +63,9 @@ def rotate(x: Tensor, c: float, ctx: Context) -> Tensor:
 
 
 def scale(x: Tensor, c: float, ctx: Context) -> Tensor:
-    """Shrink about the centre by the factor ``c`` (inverse map scales coordinates by 1/c)."""
-    return Fn.affine(x, _eye(x.shape[0], x.device) / c)
+    """Shrink about the centre to ``1 / c`` of the size: the inverse map scales coordinates by
+    ``c`` (MNIST-C's ``warp(x, inverse_map=AffineTransform(scale=c))``, c = 1/0.9 ... 1/0.5)."""
+    return Fn.affine(x, _eye(x.shape[0], x.device) * c)
 
 
 def translate(x: Tensor, c: float, ctx: Context) -> Tensor:
