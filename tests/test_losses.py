@@ -156,17 +156,16 @@ def test_sparsemax_loss_hand_computed():
 
 def test_aldr_kl_is_the_max_over_lambda():
     """ALDR-KL = max_lam LDR-KL_lam - alpha log K / (2 lam0) (lam - lam0)^2, checked on a grid."""
-    lam0, alpha = 1.0, 2.0
-    loss = LOSSES.build("aldr-kl", lam=lam0, alpha=alpha, iterations=50, reduction="none")
     z, y = batch()
-    got = loss(z, y)
-    grid = torch.linspace(lam0 * (1 - 1 / alpha) + 1e-3, lam0, 4001, dtype=torch.float64)
-    for i, (zi, yi) in enumerate(zip(LOGITS, TARGETS)):
-        values = [
-            ldr_kl(zi, yi, float(lam)) - alpha * math.log(K) / (2 * lam0) * (float(lam) - lam0) ** 2
-            for lam in grid
-        ]
-        assert abs(float(got[i]) - max(values)) < 1e-6
+    for lam0, alpha in ((1.0, 2.0), (0.3, 1.5)):
+        loss = LOSSES.build("aldr-kl", lam=lam0, alpha=alpha, iterations=50, reduction="none")
+        got = loss(z, y)
+        # lam = lam0 (1 - KL / (alpha log K)) lies in [lam0 (1 - 1 / alpha), lam0] as KL <= log K
+        grid = torch.linspace(lam0 * (1 - 1 / alpha), lam0, 4001, dtype=torch.float64)
+        price = alpha * math.log(K) / (2 * lam0)
+        for i, (zi, yi) in enumerate(zip(LOGITS, TARGETS)):
+            values = [ldr_kl(zi, yi, float(lam)) - price * (float(lam) - lam0) ** 2 for lam in grid]
+            assert abs(float(got[i]) - max(values)) < 1e-6
     # with lam0 fixed by a huge price, ALDR-KL is LDR-KL at lam0
     stiff = LOSSES.build("aldr-kl", lam=0.7, alpha=1e9, reduction="none")(z, y)
     torch.testing.assert_close(stiff, LOSSES.build("ldr-kl", lam=0.7, reduction="none")(z, y))
@@ -240,6 +239,27 @@ def test_bad_inputs_raise_one_sentence(logits, target, message):
         ("logit-clip", {"p": 0.5}, "p must be >= 1"),
         ("comp-sum", {"tau": -1.0}, "tau must be >= 0"),
         ("rce", {"clip": 1.0}, "clip must be in \\(0, 1\\)"),
+        # the error names the parameter (as a word: "XXqXX" or "Q" would not do)
+        ("label-smoothing", {"smoothing": -0.1}, r"\bsmoothing\b"),
+        ("nfl", {"gamma": -1.0}, r"\bgamma\b"),
+        ("ngce", {"q": 1.5}, r"\bq\b"),
+        ("ngce", {"q": 0.0}, r"\bq\b"),
+        ("sce", {"alpha": -1.0}, r"\balpha\b"),
+        ("sce", {"beta": -1.0}, r"\bbeta\b"),
+        ("nce+rce", {"alpha": -1.0}, r"\balpha\b"),
+        ("nce+rce", {"beta": -1.0}, r"\bbeta\b"),
+        ("soft-bootstrap", {"beta": 1.5}, r"\bbeta\b"),
+        ("hard-bootstrap", {"beta": -0.5}, r"\bbeta\b"),
+        ("ldr-kl", {"lam": 0.0}, r"\blam\b"),
+        ("ldr-kl", {"margin": -1.0}, r"\bmargin\b"),
+        ("aldr-kl", {"alpha": -1.0}, r"\balpha\b"),
+        ("aldr-kl", {"iterations": 0}, r"\biterations\b"),
+        ("logit-clip", {"p": 0.0}, r"\bp\b"),
+        # PolyLoss coefficients are finite numbers, not booleans
+        ("poly", {"epsilon": float("inf")}, r"\bepsilon\b"),
+        ("poly", {"epsilon": [1.0, float("-inf")]}, r"\bepsilon\b"),
+        ("poly", {"epsilon": [True]}, r"\bepsilon\b"),
+        ("poly", {"epsilon": ["1.0"]}, r"\bepsilon\b"),
     ],
 )
 def test_bad_hyper_parameters_raise(name, kwargs, message):

@@ -154,7 +154,7 @@ def hr_weights(losses: Tensor, alpha: float, r: float) -> tuple[Tensor, Tensor]:
     q_w = alpha
     top = float(loss.max())
     if r == 0:  # no KL ball: p = q
-        return q.to(losses), torch.tensor(q_w).to(losses)
+        return q.to(losses), loss.new_tensor(q_w).to(losses)
     lv = torch.cat([loss, loss.new_tensor([top])])
     qv = torch.cat([q, q.new_tensor([q_w])])
     support = qv > 0
