@@ -1,0 +1,193 @@
+"""Mutation testing of one robustlab package at a time, with only the tests that concern it.
+
+    .venv/bin/python tools/mutation.py certify            # or: attacks, training/methods, losses
+    make mutation PKG=certify
+    .venv/bin/python tools/mutation.py certify --resume   # continue an interrupted run
+    .venv/bin/python tools/mutation.py certify --summarize  # summary of a stopped run so far
+
+mutmut (https://github.com/boxed/mutmut, 3.x) changes the source one small edit at a time (an
+operator, a constant, a dropped argument, ...) and runs the tests that call the changed function; a
+mutant is *killed* when a test fails. For each package this script
+
+1. copies ``src/``, ``tests/`` and ``pyproject.toml`` into ``runs/mutation/<package>/`` (the work
+   tree is never touched, so mutation runs and editing can go on side by side),
+2. appends a ``[tool.mutmut]`` section that mutates only that package and selects its tests,
+3. runs ``mutmut run`` there, and
+4. writes ``docs/quality/mutation-<package>.json``: the counts per file, the score
+   ``(killed + timeout) / tested`` (mutants not yet tested by a stopped run are counted apart),
+   the command, the mutmut version, the git revision, and every
+   survivor with its diff.
+
+The bars (issue 15): at least 90 % killed in ``certify/`` and ``attacks/``, 80 % elsewhere.
+Survivors that are equivalent mutants (no test can tell them apart from the original) are listed
+with one line why in ``docs/quality/mutation.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: the tests that exercise each package (globs relative to the repository root)
+PACKAGES: dict[str, list[str]] = {
+    "attacks": ["tests/test_attacks*.py", "tests/test_kernels.py"],
+    "certify": ["tests/test_certify*.py"],
+    "training/methods": [
+        "tests/test_methods*.py", "tests/test_noisy_training.py", "tests/test_certify_training.py",
+        "tests/test_trainer.py",
+    ],  # fmt: skip
+    "losses": ["tests/test_losses*.py", "tests/test_methods_losses.py"],
+}
+
+#: the share of mutants that must be killed
+BARS = {"attacks": 0.90, "certify": 0.90, "training/methods": 0.80, "losses": 0.80}
+
+
+def _tests(package: str) -> list[str]:
+    found = sorted({str(p.relative_to(ROOT)) for g in PACKAGES[package] for p in ROOT.glob(g)})
+    if not found:
+        raise SystemExit(f"No tests match {PACKAGES[package]} for package '{package}'.")
+    return found
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def prepare(package: str, work: Path) -> None:
+    """A fresh copy of the sources and tests in ``work`` with mutmut configured for ``package``."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in ("src", "tests"):
+        shutil.copytree(ROOT / name, work / name, ignore=ignore)
+    config = (ROOT / "pyproject.toml").read_text()
+    if "[tool.mutmut]" in config:
+        raise SystemExit("pyproject.toml already has a [tool.mutmut] section; this script writes it.")
+    config += (
+        "\n[tool.mutmut]\n"
+        'source_paths = ["src"]\n'
+        f'only_mutate = ["src/robustlab/{package}/*"]\n'
+        f"pytest_add_cli_args_test_selection = {_toml_list(_tests(package))}\n"
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]\n'
+    )
+    (work / "pyproject.toml").write_text(config)
+
+
+def _mutmut(work: Path, *args: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("mutmut")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [str(exe), *args], cwd=work, env=env, capture_output=True, text=True, check=False
+    )
+
+
+def summarize(package: str, work: Path, seconds: float | None, children: int) -> dict:
+    """Counts per file and the survivors' diffs, from mutmut's per-file ``.meta`` records."""
+    from mutmut import __version__ as mutmut_version
+    from mutmut.stats import status_by_exit_code
+
+    per_file: dict[str, Counter] = {}
+    survivors = []
+    for meta in sorted((work / "mutants" / "src").rglob("*.py.meta")):
+        source = str(meta.relative_to(work / "mutants"))[: -len(".meta")]
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        counts = per_file.setdefault(source, Counter())
+        for name, code in codes.items():
+            status = status_by_exit_code[code]
+            counts[status] += 1
+            if status in ("survived", "no tests", "suspicious"):
+                diff = _mutmut(work, "show", name).stdout
+                survivors.append({"mutant": name, "status": status, "diff": diff})
+    total = Counter()
+    for counts in per_file.values():
+        total.update(counts)
+    untested = total["not checked"]
+    n = sum(total.values()) - untested
+    killed = total["killed"] + total["timeout"]
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        rev = None
+    return {
+        "package": f"robustlab/{package}",
+        "command": f".venv/bin/python tools/mutation.py {package} --children {children}",
+        "mutmut_version": mutmut_version,
+        "git_revision": rev,
+        "tests": _tests(package),
+        "seconds": None if seconds is None else round(seconds, 1),
+        "mutants": n,
+        "killed": killed,
+        "not_tested": untested,  # an interrupted run (see --summarize): the score is over the rest
+        "score": round(killed / n, 4) if n else None,
+        "bar": BARS[package],
+        "totals": dict(total),
+        "per_file": {f: dict(c) for f, c in per_file.items()},
+        "survivors": survivors,
+    }
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        f.write(text)
+    os.replace(f.name, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("packages", nargs="*", default=list(PACKAGES), choices=list(PACKAGES))
+    parser.add_argument("--children", type=int, default=os.cpu_count() or 2,
+                        help="mutants tested in parallel (default: one per core)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "quality")
+    parser.add_argument("--summarize", action="store_true",
+                        help="only write the summary of the run in the work folder (e.g. one that "
+                             "was stopped); mutants not yet tested are counted apart")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in its work folder (mutants already "
+                             "tested keep their result; the sources are not copied again)")
+    args = parser.parse_args()
+    for package in args.packages:
+        work = ROOT / "runs" / "mutation" / package.replace("/", "-")
+        if args.summarize:
+            if not (work / "mutants").is_dir():
+                raise SystemExit(f"No mutation run of {package} in {work}.")
+            seconds = None
+        else:
+            if not (args.resume and (work / "mutants").is_dir()):
+                prepare(package, work)
+            print(f"[{package}] mutating in {work} with tests {', '.join(_tests(package))}",
+                  flush=True)
+            start = time.perf_counter()
+            run = _mutmut(work, "run", "--max-children", str(args.children))
+            seconds = time.perf_counter() - start
+            (work / "mutmut-run.log").write_text(run.stdout + run.stderr)
+            if run.returncode != 0:
+                raise SystemExit(f"mutmut failed on {package} (exit {run.returncode}); "
+                                 f"see {work / 'mutmut-run.log'}.")
+        summary = summarize(package, work, seconds, args.children)
+        name = "mutation-" + package.replace("/", "-") + ".json"
+        _atomic_write(args.out / name, json.dumps(summary, indent=2) + "\n")
+        print(
+            f"[{package}] {summary['killed']}/{summary['mutants']} killed "
+            f"({100 * (summary['score'] or 0):.1f} %, bar {100 * summary['bar']:.0f} %; "
+            f"{summary['not_tested']} not tested) -> {args.out / name}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
