@@ -4,6 +4,7 @@
     make mutation PKG=certify
     .venv/bin/python tools/mutation.py certify --resume   # continue an interrupted run
     .venv/bin/python tools/mutation.py certify --summarize  # summary of a stopped run so far
+    .venv/bin/python tools/mutation.py certify --retest-survivors  # after adding tests
 
 mutmut (https://github.com/boxed/mutmut, 3.x) changes the source one small edit at a time (an
 operator, a constant, a dropped argument, ...) and runs the tests that call the changed function; a
@@ -85,6 +86,46 @@ def prepare(package: str, work: Path) -> None:
     (work / "pyproject.toml").write_text(config)
 
 
+def survivor_names(work: Path) -> list[str]:
+    """The mutants of the run in ``work`` that no test killed (survived or had no test)."""
+    from mutmut.stats import status_by_exit_code
+
+    names = []
+    for meta in sorted((work / "mutants" / "src").rglob("*.py.meta")):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            if status_by_exit_code[code] in ("survived", "no tests"):
+                names.append(name)
+    return names
+
+
+def refresh_tests(package: str, work: Path) -> None:
+    """Put the current tests into the run in ``work``, whose mutants stay those of the sources it
+    copied: refused if the package's sources changed since (a full run is needed then)."""
+    here, there = ROOT / "src" / "robustlab" / package, work / "src" / "robustlab" / package
+    changed = [
+        str(p.relative_to(here))
+        for p in sorted(here.rglob("*.py"))
+        if not (there / p.relative_to(here)).is_file()
+        or (there / p.relative_to(here)).read_bytes() != p.read_bytes()
+    ]
+    if changed:
+        raise SystemExit(
+            f"The sources of {package} changed since the run in {work} ({', '.join(changed)}); "
+            "run the package again in full instead of retesting its survivors."
+        )
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for target in (work / "tests", work / "mutants" / "tests"):
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(ROOT / "tests", target, ignore=ignore)
+    config = (work / "pyproject.toml").read_text()
+    start = config.index("pytest_add_cli_args_test_selection")
+    end = config.index("\n", start)
+    config = (config[:start] + f"pytest_add_cli_args_test_selection = {_toml_list(_tests(package))}"
+              + config[end:])
+    (work / "pyproject.toml").write_text(config)
+    shutil.copy(work / "pyproject.toml", work / "mutants" / "pyproject.toml")
+
+
 def _mutmut(work: Path, *args: str) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("mutmut")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -93,7 +134,7 @@ def _mutmut(work: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def summarize(package: str, work: Path, seconds: float | None, children: int) -> dict:
+def summarize(package: str, work: Path, seconds: float | None) -> dict:
     """Counts per file and the survivors' diffs, from mutmut's per-file ``.meta`` records."""
     from mutmut import __version__ as mutmut_version
     from mutmut.stats import status_by_exit_code
@@ -124,7 +165,7 @@ def summarize(package: str, work: Path, seconds: float | None, children: int) ->
         rev = None
     return {
         "package": f"robustlab/{package}",
-        "command": f".venv/bin/python tools/mutation.py {package} --children {children}",
+        "command": " ".join([".venv/bin/python tools/mutation.py", *sys.argv[1:]]),
         "mutmut_version": mutmut_version,
         "git_revision": rev,
         "tests": _tests(package),
@@ -156,6 +197,9 @@ def main() -> None:
     parser.add_argument("--summarize", action="store_true",
                         help="only write the summary of the run in the work folder (e.g. one that "
                              "was stopped); mutants not yet tested are counted apart")
+    parser.add_argument("--retest-survivors", action="store_true",
+                        help="run the current tests on the survivors of the run in the work "
+                             "folder (the package's sources must be unchanged since)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in its work folder (mutants already "
                              "tested keep their result; the sources are not copied again)")
@@ -167,18 +211,25 @@ def main() -> None:
                 raise SystemExit(f"No mutation run of {package} in {work}.")
             seconds = None
         else:
-            if not (args.resume and (work / "mutants").is_dir()):
+            names: list[str] = []
+            if args.retest_survivors:
+                if not (work / "mutants").is_dir():
+                    raise SystemExit(f"No mutation run of {package} in {work} to retest.")
+                refresh_tests(package, work)
+                names = survivor_names(work)
+            elif not (args.resume and (work / "mutants").is_dir()):
                 prepare(package, work)
-            print(f"[{package}] mutating in {work} with tests {', '.join(_tests(package))}",
+            print(f"[{package}] mutating in {work} with tests {', '.join(_tests(package))}"
+                  + (f" ({len(names)} survivors retested)" if args.retest_survivors else ""),
                   flush=True)
             start = time.perf_counter()
-            run = _mutmut(work, "run", "--max-children", str(args.children))
+            run = _mutmut(work, "run", "--max-children", str(args.children), *names)
             seconds = time.perf_counter() - start
             (work / "mutmut-run.log").write_text(run.stdout + run.stderr)
             if run.returncode != 0:
                 raise SystemExit(f"mutmut failed on {package} (exit {run.returncode}); "
                                  f"see {work / 'mutmut-run.log'}.")
-        summary = summarize(package, work, seconds, args.children)
+        summary = summarize(package, work, seconds)
         name = "mutation-" + package.replace("/", "-") + ".json"
         _atomic_write(args.out / name, json.dumps(summary, indent=2) + "\n")
         print(
