@@ -40,7 +40,9 @@ def test_entries_carry_points_time_breakdown_and_checks(setup, tmp_path):
     assert [r["attack"] for r in aa.breakdown] == ["apgd-ce", "square"]
     assert aa.breakdown[0]["points_in"] == 45 and aa.breakdown[-1]["points_out"] == aa.points_out
     assert worst.attack == "worst-case" and worst.robust_accuracy <= aa.robust_accuracy
-    assert len(res.checks) == 7 and all({"flag", "share", "meaning"} <= set(c) for c in res.checks)
+    assert len(res.checks) == 7
+    assert all({"flag", "share", "meaning", "summary"} <= set(c) for c in res.checks)
+    assert all(isinstance(c["details"]["findings"], list) for c in res.checks)
     back = EvaluationResult.load(res.save(tmp_path / "r.json"))
     assert back.checks == res.checks and back.attacks[1].breakdown == aa.breakdown
 

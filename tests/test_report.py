@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -51,3 +53,21 @@ def test_report_is_self_contained(result):
     assert html.count("data:image/png;base64,") == 1
     assert "worst-case" in html and "linf 0.1" in html
     assert "http://" not in html and "https://" not in html
+
+
+def test_report_and_cli_show_what_a_raised_flag_found(result, capsys):
+    from robustlab.cli.commands import print_checks
+    from robustlab.evaluation.checks import black_box_findings, make_check
+    from robustlab.threat import Threat
+
+    t = Threat.parse("linf:0.1")
+    robust = {("pgd", t): torch.tensor([True, True, False, True]),
+              ("square", t): torch.tensor([True, False, False, False])}  # fmt: skip
+    check = make_check("black-box-beats-white-box", black_box_findings(robust))
+    flagged = dataclasses.replace(result, checks=[check.to_dict()])
+    html = render_report([flagged])
+    assert "RAISED" in html and "At linf:0.1, square broke 2 of 4 points (indices 1, 3)" in html
+    print_checks(flagged)
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "FLAG black-box-beats-white-box" in printed and "(indices 1, 3)" in printed
+    assert check.meaning.split(":")[0] in printed

@@ -248,16 +248,24 @@ def print_evaluation(result) -> None:
             line += f", relative mCE {100 * corr['relative_mce']:.1f} %"
         out.print(line)
     if result.checks:
-        raised = result.raised_checks()
-        out.print(
-            f"[bold red]attack-failure checks: {len(raised)} raised[/]"
-            if raised
-            else "[green]attack-failure checks: none raised[/]"
-        )
-        for c in result.checks:
-            mark = "[bold red]FLAG[/]" if c["flag"] else "[green]ok[/]  "
-            line = f"  {mark} {c['name']} (share {100 * c['share']:.1f} %)"
-            out.print(line + (f": {c['meaning']}" if c["flag"] else ""), highlight=False)
+        print_checks(result)
+
+
+def print_checks(result, only_raised: bool = False) -> None:
+    """The attack-failure checks; a raised flag with its meaning and what it found (the threat,
+    the attack(s) and the points)."""
+    raised = result.raised_checks()
+    out.print(
+        f"[bold red]attack-failure checks: {len(raised)} raised[/]"
+        if raised
+        else "[green]attack-failure checks: none raised[/]"
+    )
+    for c in raised if only_raised else result.checks:
+        mark = "[bold red]FLAG[/]" if c["flag"] else "[green]ok[/]  "
+        line = f"  {mark} {c['name']} (share {100 * c['share']:.1f} %)"
+        out.print(line + (f": {escape(c['meaning'])}" if c["flag"] else ""), highlight=False)
+        if c["flag"] and c.get("summary"):
+            out.print(f"       found: {escape(c['summary'])}", highlight=False)
 
 
 @app.command()
@@ -420,11 +428,13 @@ def demo(
     device: Device = "cpu",
 ) -> None:
     """Train a standard and a PGD-AT CNN on digits, evaluate both, write results and a report."""
-    from robustlab.demo import run_demo
+    from robustlab.demo import DEMO_ATTACKS_TEXT, run_demo
 
     res = run_demo(out_dir, epochs=epochs, seed=seed, device=device)
     results = res["results"]
-    table = Table(title="robustlab demo: accuracy % on digits (worst case over FGSM and PGD)")
+    table = Table(
+        title=f"robustlab demo: accuracy % on digits, worst case over {DEMO_ATTACKS_TEXT}"
+    )
     table.add_column("threat")
     for r in results:
         table.add_column(r.model, justify="right")
@@ -436,5 +446,8 @@ def demo(
     for t in worst[0]:
         table.add_row(t, *[f"{100 * w[t]:.1f}" for w in worst])
     out.print(table)
+    for r in results:  # a raised flag: what it means for this model and where it was found
+        out.print(f"{r.model}: ", end="")
+        print_checks(r, only_raised=True)
     out.print(f"results: {res['results_path']}")
     out.print(f"report:  {res['report_path']}")

@@ -2,15 +2,18 @@
 al. 2019, "On evaluating adversarial robustness", Sec. 5): signs that an evaluation overestimates
 robustness, attached to every evaluation result.
 
-Each check has a flag, the share of points (or of the evaluation) it concerns, and one sentence
-saying what a raised flag means:
+Each check has a flag, the share of points (or of the evaluation) it concerns, one sentence saying
+what a raised flag means, and its findings: for each place it looked (a threat, an attack, a pair
+of budgets), which attack(s) at which threat, how many points of how many, and their indices in the
+evaluated dataset (the first ``MAX_INDICES``). ``summary`` puts the findings in words.
 
 - ``zero-gradients``: the margin's input gradient is zero, NaN or infinite on some points;
 - ``randomness``: two identical forward passes give different outputs (use EOT, version 'rand');
 - ``unbounded-attack``: an attack with an unbounded budget does not reach ~100 % success;
 - ``eps-monotonicity``: robust accuracy increases with eps (from the result, and a probe at eps/2);
 - ``steps-monotonicity``: robust accuracy increases with the number of attack steps;
-- ``black-box-beats-white-box``: Square breaks points that every gradient attack missed;
+- ``black-box-beats-white-box``: Square breaks points that every gradient attack missed (the
+  checks' own APGD probes and every white-box attack of the evaluation at the same threat);
 - ``loss-not-increasing``: the attack objective does not increase along the iterations;
 - ``certified-but-broken``: an attack broke a point that a certificate proved robust at the same
   threat: the bound is unsound or the attack left the threat model (a bug either way).
@@ -31,9 +34,12 @@ from torch import Tensor, nn
 
 from robustlab.attacks import APGD, Square, eval_mode
 from robustlab.attacks.objectives import margin_objective
+from robustlab.evaluation.results import WORST_CASE
 from robustlab.threat import Threat
 
 BLACK_BOX = frozenset({"square"})
+#: a finding lists the dataset indices of at most this many of its points (and counts them all)
+MAX_INDICES = 20
 #: a flag is raised when the share exceeds this (0: any point at all)
 THRESHOLDS = {
     "zero-gradients": 0.0,
@@ -57,7 +63,8 @@ MEANINGS = {
     "steps-monotonicity": "Robust accuracy increases with more attack steps, which points to "
     "randomness in the model or an unstable attack.",
     "black-box-beats-white-box": "A black-box attack broke points that every white-box attack "
-    "missed, a classic sign of gradient masking.",
+    "missed: the white-box attacks are too weak for this model (more steps, restarts, APGD-T) or "
+    "its gradients are masked, so the robust accuracy is overestimated.",
     "loss-not-increasing": "The attack objective did not increase along the iterations on many "
     "points, so the optimisation is not working (flat or masked loss surface).",
     "certified-but-broken": "An attack broke points that a certificate proved robust at the same "
@@ -66,49 +73,134 @@ MEANINGS = {
 
 
 @dataclass
+class Finding:
+    """What a check found in one place: the threat, the attack (and the attacks it is compared
+    with), the points concerned (``count`` of ``of``, the first ``MAX_INDICES`` dataset indices),
+    this finding's share (the quantity the check's flag compares with its threshold) and one
+    sentence saying all of it."""
+
+    text: str
+    share: float
+    count: int
+    of: int
+    indices: list[int]
+    threat: str | None = None
+    attack: str | None = None
+    against: list[str] = field(default_factory=list)
+    source: str = "probe"  # probe (the checks' own attacks), evaluation, ensemble, model
+
+
+@dataclass
 class CheckResult:
-    """One attack-failure check: raised or not, the share concerned, what it means."""
+    """One attack-failure check: raised or not, the share concerned, what it means, and where."""
 
     name: str
     flag: bool
     share: float
     meaning: str
+    summary: str = ""
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def make_check(name: str, share: float, **details: Any) -> CheckResult:
+def make_check(
+    name: str, findings: Sequence[Finding] = (), share: float | None = None, **details: Any
+) -> CheckResult:
+    """The check ``name`` from its findings; its share is the largest finding's unless given."""
+    found = sorted(findings, key=lambda f: -f.share)
+    if share is None:
+        share = max((f.share for f in found), default=0.0)
     share = float(share) if math.isfinite(share) else 1.0
-    return CheckResult(name, share > THRESHOLDS[name], share, MEANINGS[name], details)
+    summary = " ".join(f.text for f in found)
+    return CheckResult(
+        name, share > THRESHOLDS[name], share, MEANINGS[name], summary,
+        {"findings": [asdict(f) for f in found], **details},
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- wording
+def points_of(mask: Tensor, index: Tensor | None = None) -> tuple[int, list[int]]:
+    """(number of True entries of ``mask``, the first ``MAX_INDICES`` of their dataset indices);
+    ``index`` maps the rows of ``mask`` to dataset indices (identity when None)."""
+    pos = mask.nonzero().squeeze(1)
+    if index is not None:
+        pos = index.to(pos.device)[pos]
+    return int(pos.numel()), pos[:MAX_INDICES].cpu().tolist()
+
+
+def _points_text(count: int, of: int, indices: Sequence[int], what: str = "points") -> str:
+    text = f"{count} of {of} {what}"
+    if indices:
+        more = f", … ({count - len(indices)} more)" if count > len(indices) else ""
+        text += f" (indices {', '.join(map(str, indices))}{more})"
+    return text
+
+
+def _names(names: Sequence[str]) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _missed_by(white: Sequence[str]) -> str:
+    white = list(white)
+    return f"{white[0]} missed" if len(white) == 1 else f"all of {_names(white)} missed"
+
+
+def _finding(text: str, mask: Tensor, of: int, index: Tensor | None, **kw: Any) -> Finding:
+    """A finding about the points of ``mask``; ``{points}`` in ``text`` names them."""
+    count, indices = points_of(mask, index)
+    what = "probe points" if kw.get("source", "probe") == "probe" else "points"
+    share = kw.pop("share", count / max(1, of))
+    return Finding(
+        text.replace("{points}", _points_text(count, of, indices, what)),
+        float(share), count, of, indices, **kw,
+    )  # fmt: skip
+
+
+def _apgd_label(steps: int) -> str:
+    return f"apgd (margin loss, {steps} steps)"
 
 
 # --------------------------------------------------------------------------- model probes
-def check_gradients(model: nn.Module, x: Tensor, y: Tensor) -> CheckResult:
+def check_gradients(
+    model: nn.Module, x: Tensor, y: Tensor, index: Tensor | None = None
+) -> CheckResult:
     """Share of points whose margin gradient ``grad_x (max_{j!=y} z_j - z_y)`` is all zero or not
-    finite."""
+    finite; ``index`` maps the rows of ``x`` to dataset indices."""
     with eval_mode(model), torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
         (g,) = torch.autograd.grad(margin_objective(model(xg), y).sum(), xg)
     g = g.flatten(1)
     bad_value = ~torch.isfinite(g).all(1)
     zero = (g == 0).all(1)
+    bad = bad_value | zero
+    findings = []
+    if bad.any():
+        findings.append(_finding(
+            f"The input gradient of the margin max_{{j!=y}} z_j - z_y is zero ({int(zero.sum())}) "
+            f"or not finite ({int(bad_value.sum())}) on {{points}}.",
+            bad, len(x), index,
+        ))  # fmt: skip
     return make_check(
-        "zero-gradients",
-        float((bad_value | zero).float().mean()),
-        zero=int(zero.sum()),
-        not_finite=int(bad_value.sum()),
-        n=len(x),
+        "zero-gradients", findings, zero=int(zero.sum()), not_finite=int(bad_value.sum()), n=len(x)
     )
 
 
 def check_randomness(model: nn.Module, x: Tensor, rtol: float = 1e-5) -> CheckResult:
-    """Share of points whose logits differ between two identical forward passes (eval mode)."""
+    """Share of points whose logits differ between two identical forward passes (eval mode); the
+    rows of ``x`` are the dataset's first points."""
     with eval_mode(model), torch.no_grad():
         a, b = model(x), model(x)
-    diff = (a - b).abs() > rtol * (1 + a.abs())
-    return make_check("randomness", float(diff.any(1).float().mean()), n=len(x))
+    diff = ((a - b).abs() > rtol * (1 + a.abs())).any(1)
+    findings = []
+    if diff.any():
+        findings.append(_finding(
+            "Two identical forward passes in eval mode gave different logits on {points}.",
+            diff, len(x), None, source="model",
+        ))  # fmt: skip
+    return make_check("randomness", findings, n=len(x))
 
 
 def unbounded_threat(norm: str, dim: int) -> Threat:
@@ -123,29 +215,104 @@ def monotonicity_share(robust_small: Tensor, robust_large: Tensor) -> tuple[floa
     return max(inc, 0.0), float((robust_large & ~robust_small).float().mean())
 
 
+def eps_monotonicity_findings(
+    curves: Mapping[str, Sequence[tuple[float, Tensor]]], norms: Mapping[str, str] | None = None
+) -> list[Finding]:
+    """One finding per consecutive pair of eps of the same attack where the robust accuracy
+    increases; ``curves`` maps an attack label to [(eps, per-sample robust mask over the dataset)]
+    and ``norms`` the label to its norm (for the wording)."""
+    findings = []
+    for label, points in curves.items():
+        ordered = sorted(points, key=lambda p: p[0])
+        norm = (norms or {}).get(label, "")
+        for (e_small, small), (e_large, large) in zip(ordered, ordered[1:]):
+            inc = monotonicity_share(small, large)[0]
+            if inc > 0:
+                findings.append(_finding(
+                    f"{label}: robust accuracy rises by {100 * inc:.1f} points from "
+                    f"{norm}:{e_small:g} to {norm}:{e_large:g}; {{points}} are robust at "
+                    f"{norm}:{e_large:g} but were broken at {norm}:{e_small:g}.",
+                    large & ~small, len(large), None, share=inc, attack=label,
+                    threat=f"{norm}:{e_large:g}", against=[f"{norm}:{e_small:g}"],
+                    source="evaluation",
+                ))  # fmt: skip
+    return findings
+
+
 def eps_monotonicity_from_curves(curves: Mapping[str, Sequence[tuple[float, Tensor]]]) -> float:
     """Largest increase of robust accuracy between consecutive eps of the same attack and norm;
     ``curves`` maps a label to [(eps, per-sample robust mask)]."""
-    worst = 0.0
-    for points in curves.values():
-        ordered = sorted(points, key=lambda p: p[0])
-        for (_, small), (_, large) in zip(ordered, ordered[1:]):
-            worst = max(worst, monotonicity_share(small, large)[0])
-    return worst
+    return max((f.share for f in eps_monotonicity_findings(curves)), default=0.0)
+
+
+def black_box_mask(white_box_robust: Sequence[Tensor], black_box_robust: Tensor) -> Tensor:
+    """Points broken by the black-box attack but robust to every white-box attack (none when
+    there is no white-box attack)."""
+    if not white_box_robust:
+        return torch.zeros_like(black_box_robust)
+    return torch.stack(list(white_box_robust)).all(0) & ~black_box_robust
 
 
 def black_box_share(white_box_robust: Sequence[Tensor], black_box_robust: Tensor) -> float:
     """Share of points broken by the black-box attack but robust to every white-box attack."""
-    if not white_box_robust:
-        return 0.0
-    wb = torch.stack(list(white_box_robust)).all(0)
-    return float((wb & ~black_box_robust).float().mean())
+    return float(black_box_mask(white_box_robust, black_box_robust).float().mean())
+
+
+def black_box_findings(
+    robust: Mapping[tuple[str, Threat], Tensor],
+    ensembles: Mapping[tuple[str, Threat], Sequence[Mapping[str, Any]]] | None = None,
+) -> list[Finding]:
+    """Per threat and black-box attack of the evaluation, the points it broke that every white-box
+    attack at that threat missed (an ensemble that contains a black-box attack is not white-box);
+    inside an ensemble, the points its black-box member broke after the members before it (a
+    count: the ensemble does not record which points each member broke)."""
+    ensembles = ensembles or {}
+    findings = []
+    white = white_box_masks(robust, ensembles)
+    for (name, t), mask in robust.items():
+        wb = white.get(t, {})
+        if name in BLACK_BOX and wb:
+            findings.append(_finding(
+                f"At {t}, {name} broke {{points}} that {_missed_by(wb)}.",
+                black_box_mask(list(wb.values()), mask), len(mask), None, threat=str(t),
+                attack=name, against=list(wb), source="evaluation",
+            ))  # fmt: skip
+    for (name, t), rows in ensembles.items():
+        n = max(1, len(robust.get((name, t), ())))
+        for i, row in enumerate(rows):
+            broke = row["points_in"] - row["points_out"]
+            if row["attack"] in BLACK_BOX and broke > 0:
+                before = [r["attack"] for r in rows[:i]]
+                findings.append(Finding(
+                    f"At {t}, inside {name}, {row['attack']} broke {broke} of {n} points that "
+                    f"{_names(before) if before else 'no earlier member'} had left robust "
+                    "(the ensemble does not record which).",
+                    broke / n, broke, n, [], threat=str(t), attack=f"{name}/{row['attack']}",
+                    against=before, source="ensemble",
+                ))  # fmt: skip
+    return [f for f in findings if f.count > 0]
+
+
+def white_box_masks(
+    robust: Mapping[tuple[str, Threat], Tensor],
+    ensembles: Mapping[tuple[str, Threat], Sequence[Mapping[str, Any]]] | None = None,
+) -> dict[Threat, dict[str, Tensor]]:
+    """The evaluation's white-box robust masks per threat: every attack but the black-box ones,
+    the worst case, and ensembles with a black-box member."""
+    ensembles = ensembles or {}
+    out: dict[Threat, dict[str, Tensor]] = {}
+    for (name, t), mask in robust.items():
+        members = {row["attack"] for row in ensembles.get((name, t), ())}
+        if name in BLACK_BOX or name == WORST_CASE or members & BLACK_BOX:
+            continue
+        out.setdefault(t, {})[name] = mask
+    return out
 
 
 def _probe(
     model: nn.Module, x: Tensor, y: Tensor, threat: Threat, steps: int, queries: int, seed: int
 ):
-    """Robust masks (and the loss trace) of the probe attacks at one threat."""
+    """Robust masks (and the per-point loss gain) of the probe attacks at one threat."""
     dim = x[0].numel()
     # the short run goes first: a model that hardens with the number of queries shows up as
     # robust accuracy increasing with steps
@@ -156,9 +323,15 @@ def _probe(
     }
     main = APGD(threat, steps=steps, loss="margin", early_stop=False, seed=seed)
     main.record_trace = True
-    out["eps"] = main.run(model, x, y).robust
+    res = main.run(model, x, y)
+    out["eps"] = res.robust
+    # the trace covers the points the run attacked: those it found clean-correct
+    gain = torch.full((len(x),), float("inf"), device=x.device)
+    attacked = res.clean_correct.nonzero().squeeze(1)
     trace = main.trace
-    out["trace_gain"] = trace[-1] - trace[0]
+    if trace is not None and trace.shape[1] == attacked.numel():
+        gain[attacked] = (trace[-1] - trace[0]).to(gain.dtype)
+    out["trace_gain"] = gain
     out["half"] = (
         APGD(threat.with_eps(threat.eps / 2), steps=steps, loss="margin", seed=seed)
         .run(model, x, y)
@@ -166,9 +339,56 @@ def _probe(
     )
     big = unbounded_threat(threat.norm, dim)
     out["unbounded"] = APGD(big, steps=steps, loss="margin", seed=seed).run(model, x, y).robust
+    out["unbounded_threat"] = big
     if threat.norm in ("linf", "l2") and queries > 0:
         out["square"] = Square(threat, queries=queries, seed=seed).run(model, x, y).robust
     return out
+
+
+def _probe_findings(
+    p: Mapping[str, Any],
+    threat: Threat,
+    idx: Tensor,
+    steps: int,
+    queries: int,
+    white_eval: Mapping[str, Tensor],
+) -> dict[str, list[Finding]]:
+    """The findings of the probes at one threat; ``idx`` maps the probe points to dataset indices
+    and ``white_eval`` holds the evaluation's white-box robust masks at ``threat`` on them."""
+    n, t, short, half = len(idx), str(threat), max(1, steps // 4), threat.with_eps(threat.eps / 2)
+    main = _apgd_label(steps)
+    out: dict[str, list[Finding]] = {}
+    out["unbounded-attack"] = [_finding(
+        f"At {p['unbounded_threat']} (a ball covering the whole [0, 1] box), {main} left {{points}} "
+        "unbroken.", p["unbounded"], n, idx, threat=str(p["unbounded_threat"]), attack=main,
+    )]  # fmt: skip
+    inc = monotonicity_share(p["half"], p["eps"])[0]
+    out["eps-monotonicity"] = [_finding(
+        f"{main}: robust accuracy rises by {100 * inc:.1f} points from {half} to {t}; {{points}} "
+        f"are robust at {t} but were broken at {half}.", p["eps"] & ~p["half"], n, idx,
+        share=inc, threat=t, attack=main, against=[str(half)],
+    )] if inc > 0 else []  # fmt: skip
+    inc = monotonicity_share(p["short"], p["eps"])[0]
+    out["steps-monotonicity"] = [_finding(
+        f"At {t}, robust accuracy rises by {100 * inc:.1f} points from {short} to {steps} APGD "
+        f"steps (margin loss); {{points}} resisted {steps} steps but were broken in {short}.",
+        p["eps"] & ~p["short"], n, idx, share=inc, threat=t, attack=main,
+        against=[_apgd_label(short)],
+    )] if inc > 0 else []  # fmt: skip
+    out["loss-not-increasing"] = [_finding(
+        f"At {t}, the objective of {main} did not increase on {{points}}.",
+        p["trace_gain"] <= 1e-6, n, idx, threat=t, attack=main,
+    )]  # fmt: skip
+    out["black-box-beats-white-box"] = []
+    if "square" in p:
+        white = {main: p["eps"], _apgd_label(short): p["short"], **white_eval}
+        square = f"square ({queries} queries)"
+        out["black-box-beats-white-box"] = [_finding(
+            f"At {t}, {square} broke {{points}} that {_missed_by(white)}.",
+            black_box_mask(list(white.values()), p["square"]), n, idx, threat=t, attack=square,
+            against=list(white),
+        )]  # fmt: skip
+    return {k: [f for f in v if f.count > 0] for k, v in out.items()}
 
 
 def run_checks(
@@ -185,34 +405,34 @@ def run_checks(
     seed: int = 0,
 ) -> list[CheckResult]:
     """All checks for ``model`` on ``(x, y)``; ``robust`` holds the evaluation's per-sample robust
-    masks per (attack, threat) and ``breakdowns`` the per-attack records of ensembles."""
+    masks over ``x`` per (attack, threat) and ``breakdowns`` the per-attack records of ensembles.
+    Every finding names its points by their row in ``x``."""
     robust = robust or {}
     breakdowns = breakdowns or {}
     with eval_mode(model), torch.no_grad():
         correct = model(x).argmax(1) == y
     idx = correct.nonzero().squeeze(1)[:probe_size]
     xp, yp = x[idx], y[idx]
-    n_probe = len(idx)
-    checks = [check_gradients(model, xp, yp) if n_probe else make_check("zero-gradients", 0.0)]
+    checks = [check_gradients(model, xp, yp, idx) if len(idx) else make_check("zero-gradients")]
     checks.append(check_randomness(model, x[:probe_size]))
 
-    unbounded, eps_inc, steps_inc, bb, loss_flat = 0.0, 0.0, 0.0, 0.0, 0.0
     per_norm: dict[str, Threat] = {}
     for t in threats:
         if t.eps > per_norm.get(t.norm, Threat(t.norm, 0)).eps:
             per_norm[t.norm] = t
-    details: dict[str, dict[str, Any]] = {}
-    if n_probe:
+    found: dict[str, list[Finding]] = {name: [] for name in THRESHOLDS}
+    probes: dict[str, dict[str, Any]] = {}
+    white = white_box_masks(robust, breakdowns)
+    if len(idx):
         for threat in per_norm.values():
             p = _probe(model, xp, yp, threat, probe_steps, probe_queries, seed)
-            unbounded = max(unbounded, float(p["unbounded"].float().mean()))
-            eps_inc = max(eps_inc, monotonicity_share(p["half"], p["eps"])[0])
-            steps_inc = max(steps_inc, monotonicity_share(p["short"], p["eps"])[0])
-            loss_flat = max(loss_flat, float((p["trace_gain"] <= 1e-6).float().mean()))
-            if "square" in p:
-                bb = max(bb, black_box_share([p["eps"], p["short"]], p["square"]))
-            details[str(threat)] = {
-                "probe_points": n_probe,
+            white_eval = {name: m[idx] for name, m in white.get(threat, {}).items()}
+            for name, fs in _probe_findings(
+                p, threat, idx, probe_steps, probe_queries, white_eval
+            ).items():
+                found[name] += fs
+            probes[str(threat)] = {
+                "probe_points": len(idx),
                 "robust_half_eps": float(p["half"].float().mean()),
                 "robust_eps": float(p["eps"].float().mean()),
                 "robust_unbounded": float(p["unbounded"].float().mean()),
@@ -220,28 +440,23 @@ def run_checks(
 
     # from the evaluation itself: eps curves per attack, and black box vs white box per threat
     curves: dict[str, list[tuple[float, Tensor]]] = {}
+    norms: dict[str, str] = {}
     for (name, t), mask in robust.items():
-        curves.setdefault(f"{name} {t.norm}", []).append((t.eps, mask))
-    eps_inc = max(eps_inc, eps_monotonicity_from_curves(curves))
-    for t in {t for _, t in robust}:
-        at_t = {name: m for (name, tt), m in robust.items() if tt == t}
-        for bb_name in BLACK_BOX & set(at_t):
-            white = [
-                m for name, m in at_t.items() if name not in BLACK_BOX and name != "worst-case"
-            ]
-            bb = max(bb, black_box_share(white, at_t[bb_name]))
-    for rows in breakdowns.values():  # inside an ensemble: what Square broke after APGD/FAB
-        n = max(1, len(x))
-        for row in rows:
-            if row["attack"] in BLACK_BOX:
-                bb = max(bb, (row["points_in"] - row["points_out"]) / n)
+        curves.setdefault(f"{name} ({t.norm})", []).append((t.eps, mask))
+        norms[f"{name} ({t.norm})"] = t.norm
+    found["eps-monotonicity"] += eps_monotonicity_findings(curves, norms)
+    found["black-box-beats-white-box"] += black_box_findings(robust, breakdowns)
 
     checks += [
-        make_check("unbounded-attack", unbounded, probes=details),
-        make_check("eps-monotonicity", eps_inc),
-        make_check("steps-monotonicity", steps_inc, steps=[max(1, probe_steps // 4), probe_steps]),
-        make_check("black-box-beats-white-box", bb),
-        make_check("loss-not-increasing", loss_flat, steps=probe_steps),
+        make_check("unbounded-attack", found["unbounded-attack"], probes=probes),
+        make_check("eps-monotonicity", found["eps-monotonicity"]),
+        make_check(
+            "steps-monotonicity",
+            found["steps-monotonicity"],
+            steps=[max(1, probe_steps // 4), probe_steps],
+        ),
+        make_check("black-box-beats-white-box", found["black-box-beats-white-box"]),
+        make_check("loss-not-increasing", found["loss-not-increasing"], steps=probe_steps),
     ]
     return checks
 
@@ -249,15 +464,17 @@ def run_checks(
 def check_certified_not_broken(
     certified: Mapping[tuple[str, Threat], Tensor], robust: Mapping[tuple[str, Threat], Tensor]
 ) -> CheckResult:
-    """Share of points certified at a threat (by any certifier) but broken there by any attack."""
-    n, broken, pairs = 0, 0, []
+    """Share of points certified at a threat (by any certifier) but broken there by any attack;
+    one finding per (certifier, attack, threat) with such points."""
+    findings = []
     for (method, threat), cert in certified.items():
         for (attack, t), mask in robust.items():
-            if t != threat:
-                continue
-            bad = cert & ~mask
-            n = max(n, len(cert))
-            broken = max(broken, int(bad.sum()))
-            if bad.any():
-                pairs.append(f"{method} vs {attack} at {threat}")
-    return make_check("certified-but-broken", broken / max(1, n), pairs=pairs)
+            if t == threat:
+                findings.append(_finding(
+                    f"At {threat}, {attack} broke {{points}} that {method} certified.",
+                    cert & ~mask, len(cert), None, threat=str(threat), attack=attack,
+                    against=[method], source="evaluation",
+                ))  # fmt: skip
+    findings = [f for f in findings if f.count > 0]
+    pairs = [f"{f.against[0]} vs {f.attack} at {f.threat}" for f in findings]
+    return make_check("certified-but-broken", findings, pairs=pairs)

@@ -4,7 +4,8 @@ Every attack runs at every threat on the same points, batch by batch. Besides ea
 accuracy, its time, the points it received and the points still robust after it (and, for
 ensembles such as AutoAttack, the same per sub-attack), the result holds the per-sample worst case
 over the attacks at each threat (``"worst-case"``): a point counts as robust only if no attack
-broke it. The attack-failure checks (``evaluation/checks.py``) are part of every result.
+broke it. The attack-failure checks (``evaluation/checks.py``) are part of every result; each
+finding of a check names its threat, the attack(s) and the points (their indices in ``dataset``).
 
 Long runs are resumable: with ``state_path`` the per-sample progress is saved atomically after
 every batch, and a later call with the same model, data and configuration continues from it.
@@ -38,6 +39,7 @@ from robustlab.evaluation.results import (
     per_class_accuracy,
     worst_class,
 )
+from robustlab.fastpaths import merge_fast_paths
 from robustlab.io import atomic_torch_save
 from robustlab.models import model_spec
 from robustlab.progress import progress_bar
@@ -221,6 +223,9 @@ def evaluate(
                 item["robust"][i : i + len(xb)] = res.robust.cpu()
                 item["forward_passes"] += res.forward_passes
                 _merge_breakdown(item["breakdown"], res.extras.get("attacks", []))
+                merge_fast_paths(
+                    item.setdefault("fast_paths", {}), res.extras.get("fast_paths", {})
+                )
                 item["next"] = i + len(xb)
                 state.save()
                 bar.update(task, advance=len(xb))
@@ -298,7 +303,13 @@ def evaluate(
         per_class=pc,
         worst_class=worst_class(pc),
         attacks=entries,
-        provenance=provenance(seed=seed, device=device, config=config),
+        provenance={
+            **provenance(seed=seed, device=device, config=config),
+            "fast_paths": {  # which fast paths each attack took (robustlab.fastpaths)
+                f"{name} {threat}": item.get("fast_paths", {})
+                for (name, threat, _), item in zip(plan, state.items)
+            },
+        },
         checks=check_list,
         sections=sections,
     )

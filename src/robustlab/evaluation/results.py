@@ -64,7 +64,8 @@ class EvaluationResult:
     attacks: list[AttackEntry] = field(default_factory=list)
     sections: dict[str, Any] = field(default_factory=dict)  # certification, corruptions, ...
     provenance: dict[str, Any] = field(default_factory=dict)
-    #: attack-failure checks (evaluation/checks.py): {name, flag, share, meaning, details}
+    #: attack-failure checks (evaluation/checks.py): {name, flag, share, meaning, summary,
+    #: details}; details["findings"] name the threat, attack(s) and points of each finding
     checks: list[dict[str, Any]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ queries
