@@ -86,33 +86,35 @@ def prepare(package: str, work: Path) -> None:
     (work / "pyproject.toml").write_text(config)
 
 
-def survivor_names(work: Path) -> list[str]:
-    """The mutants of the run in ``work`` that no test killed (survived or had no test)."""
+def survivor_names(work: Path, skip: list[str] = ()) -> list[str]:
+    """The mutants of the run in ``work`` that no test killed (survived or had no test), except
+    those of the source files ``skip`` (paths relative to the package)."""
     from mutmut.stats import status_by_exit_code
 
     names = []
     for meta in sorted((work / "mutants" / "src").rglob("*.py.meta")):
+        if any(str(meta).endswith(f"/{f}.meta") for f in skip):
+            continue
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
             if status_by_exit_code[code] in ("survived", "no tests"):
                 names.append(name)
     return names
 
 
-def refresh_tests(package: str, work: Path) -> None:
-    """Put the current tests into the run in ``work``, whose mutants stay those of the sources it
-    copied: refused if the package's sources changed since (a full run is needed then)."""
+def changed_sources(package: str, work: Path) -> list[str]:
+    """The package's source files (relative to it) that differ from the copy the run mutated."""
     here, there = ROOT / "src" / "robustlab" / package, work / "src" / "robustlab" / package
-    changed = [
+    return [
         str(p.relative_to(here))
         for p in sorted(here.rglob("*.py"))
         if not (there / p.relative_to(here)).is_file()
         or (there / p.relative_to(here)).read_bytes() != p.read_bytes()
     ]
-    if changed:
-        raise SystemExit(
-            f"The sources of {package} changed since the run in {work} ({', '.join(changed)}); "
-            "run the package again in full instead of retesting its survivors."
-        )
+
+
+def refresh_tests(package: str, work: Path) -> None:
+    """Put the current tests into the run in ``work`` (its mutants stay those of the sources it
+    copied)."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for target in (work / "tests", work / "mutants" / "tests"):
         shutil.rmtree(target, ignore_errors=True)
@@ -149,8 +151,7 @@ def summarize(package: str, work: Path, seconds: float | None) -> dict:
             status = status_by_exit_code[code]
             counts[status] += 1
             if status in ("survived", "no tests", "suspicious"):
-                diff = _mutmut(work, "show", name).stdout
-                survivors.append({"mutant": name, "status": status, "diff": diff})
+                survivors.append({"mutant": name, "status": status, "diff": _diff(work, name, source)})
     total = Counter()
     for counts in per_file.values():
         total.update(counts)
@@ -177,8 +178,22 @@ def summarize(package: str, work: Path, seconds: float | None) -> dict:
         "bar": BARS[package],
         "totals": dict(total),
         "per_file": {f: dict(c) for f, c in per_file.items()},
+        # files edited after the run copied them: their counts are of the copied version
+        "changed_since_run": changed_sources(package, work),
         "survivors": survivors,
     }
+
+
+def _diff(work: Path, name: str, source: str) -> str:
+    """The mutant's diff against the original function (what ``mutmut show`` prints)."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    here = Path.cwd()
+    os.chdir(work)  # mutmut reads the mutated files relative to its work folder
+    try:
+        return get_diff_for_mutant(name, path=source)
+    finally:
+        os.chdir(here)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -199,7 +214,8 @@ def main() -> None:
                              "was stopped); mutants not yet tested are counted apart")
     parser.add_argument("--retest-survivors", action="store_true",
                         help="run the current tests on the survivors of the run in the work "
-                             "folder (the package's sources must be unchanged since)")
+                             "folder (survivors of source files changed since are not retested "
+                             "and still count as survivors)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in its work folder (mutants already "
                              "tested keep their result; the sources are not copied again)")
@@ -215,8 +231,12 @@ def main() -> None:
             if args.retest_survivors:
                 if not (work / "mutants").is_dir():
                     raise SystemExit(f"No mutation run of {package} in {work} to retest.")
+                stale = changed_sources(package, work)
+                if stale:
+                    print(f"[{package}] changed since the run, their survivors are not retested "
+                          f"(they still count as survivors): {', '.join(stale)}", flush=True)
                 refresh_tests(package, work)
-                names = survivor_names(work)
+                names = survivor_names(work, stale)
             elif not (args.resume and (work / "mutants").is_dir()):
                 prepare(package, work)
             print(f"[{package}] mutating in {work} with tests {', '.join(_tests(package))}"
