@@ -20,6 +20,7 @@ from robustlab.threat import Threat
 from robustlab.training.method import Batch, LossOutput, Method, StepContext
 from robustlab.training.methods import METHODS
 from robustlab.training.methods.standard import resolve_loss
+from robustlab.validation import check_int, check_positive
 
 
 class AdversarialMethod(Method):
@@ -62,8 +63,9 @@ class PGDAT(AdversarialMethod):
         loss: str | nn.Module = "ce",
     ) -> None:
         super().__init__(threat, loss)
-        self.steps = steps
-        self.step_size = step_size  # None: PGD's default 2.5 * eps / steps
+        self.steps = check_int(steps, "steps")
+        # None: PGD's default 2.5 * eps / steps
+        self.step_size = None if step_size is None else check_positive(step_size, "step_size")
 
     def make_attack(self, threat: Threat) -> Attack:
         return PGD(threat, steps=self.steps, step_size=self.step_size, early_stop=False)
@@ -80,7 +82,7 @@ class FGSMRS(AdversarialMethod):
         self, threat: Threat | str = "linf:0.3", alpha: float = 1.25, loss: str | nn.Module = "ce"
     ) -> None:
         super().__init__(threat, loss)
-        self.alpha = alpha
+        self.alpha = check_positive(alpha, "alpha")
 
     def make_attack(self, threat: Threat) -> Attack:
         return PGD(threat, steps=1, step_size=self.alpha * threat.eps, early_stop=False)
