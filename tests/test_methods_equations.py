@@ -69,7 +69,7 @@ def test_ibp_loss_mixes_clean_and_bound_cross_entropy(eps_scale):
     m = _margins(batch.x, batch.y, eps)
     clean = F.cross_entropy(batch.x @ W.T + B, batch.y)
     robust = F.cross_entropy(-m, batch.y)
-    assert float(out.loss) == pytest.approx(float(kappa * clean + (1 - kappa) * robust), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(float(kappa * clean + (1 - kappa) * robust), rel=1e-5)
     assert out.metrics["eps"] == pytest.approx(eps)
     assert out.metrics["kappa"] == pytest.approx(kappa)
     assert out.metrics["robust_loss"] == pytest.approx(float(robust), rel=1e-5)
@@ -98,7 +98,7 @@ def test_bound_training_at_radius_zero_is_clean_training():
     batch = _batch()
     out = method.compute_loss(_linear(), batch, _ctx(0.0))
     z = batch.x @ W.T + B
-    assert float(out.loss) == pytest.approx(float(F.cross_entropy(z, batch.y)), rel=1e-6)
+    assert float(out.loss.detach()) == pytest.approx(float(F.cross_entropy(z, batch.y)), rel=1e-6)
     assert out.metrics["robust_loss"] == pytest.approx(float(out.loss), rel=1e-6)
     assert out.metrics["verified_acc"] == float((z.argmax(1) == batch.y).float().mean())
     assert out.metrics["eps"] == 0.0

@@ -74,12 +74,13 @@ def _window_masks(n: int, h: int, w: int, sh: int, sw: int, gen, device) -> Tens
 
 
 def _pseudo_gaussian(sh: int, sw: int, device, dtype) -> Tensor:
-    """An ``sh x sw`` block of rings ``sum_{k >= r} 1/(k+1)^2`` around its centre, unit L2 norm."""
+    """An ``sh x sw`` block of rings ``sum_{k=r}^{n} 1/(k+1)^2`` around its centre, ``n = floor(
+    max(sh, sw) / 2)`` (Sec. 3.2 of the paper), unit L2 norm."""
     r = torch.maximum(
         (torch.arange(sh, device=device, dtype=dtype) - (sh - 1) / 2).abs().view(-1, 1),
         (torch.arange(sw, device=device, dtype=dtype) - (sw - 1) / 2).abs().view(1, -1),
     ).floor()
-    k = torch.arange(int(max(sh, sw)), device=device, dtype=dtype)
+    k = torch.arange(max(sh, sw) // 2 + 1, device=device, dtype=dtype)
     block = ((k.view(1, 1, -1) >= r[..., None]) / (k + 1) ** 2).sum(-1)
     return block / block.norm().clamp_min(1e-12)
 

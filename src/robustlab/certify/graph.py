@@ -551,8 +551,8 @@ class _Builder:
             raise _unsupported(label, m, f"per-sample input shape {shape}")
         c, h, w = shape
         if isinstance(m, nn.AdaptiveAvgPool2d):
-            oh, ow = pair(m.output_size) if not isinstance(m.output_size, int) else (
-                m.output_size, m.output_size)
+            size = m.output_size  # an int, or a pair whose None entries keep the input size
+            oh, ow = (size, size) if isinstance(size, int) else tuple(size)
             oh, ow = oh or h, ow or w
             if h % oh or w % ow:
                 raise _unsupported(label, m, f"{h}x{w} is not a multiple of {oh}x{ow}")

@@ -283,8 +283,9 @@ class LipschitzCertifier:
                 labels = check_labels(y, x.shape[0], logits.shape[1])
             consts = pair_constants(self.graph, labels, self.feature, self.total)
             gap = logits.gather(1, labels[:, None]) - logits
+            # K_yj = 0: the margin is constant, never crossed if positive, already lost if not
             ratio = torch.where(consts > 0, gap / consts.clamp_min(1e-30),
-                                torch.full_like(gap, float("inf")))
+                                torch.full_like(gap, float("inf")).masked_fill(gap <= 0, 0.0))
             radius = ratio.scatter(1, labels[:, None], float("inf")).min(1).values.clamp_min(0)
         return LipschitzCertificate(logits, consts, radius, float(self.total))
 
