@@ -65,14 +65,32 @@ def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
 
+def _copy_tests(package: str, target: Path) -> None:
+    """The package's tests (and the shared fixtures, helpers and data) into ``target``: mutmut
+    selects the folder as a whole, so its configuration stays the same when tests are added."""
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(
+        ROOT / "tests",
+        target,
+        ignore=lambda folder, names: [
+            n for n in names
+            if n in ("__pycache__",) or n.endswith(".pyc")
+            or (Path(folder) == ROOT / "tests" and n.startswith("test_")
+                and f"tests/{n}" not in _tests(package))
+        ],
+    )  # fmt: skip
+
+
 def prepare(package: str, work: Path) -> None:
-    """A fresh copy of the sources and tests in ``work`` with mutmut configured for ``package``."""
+    """A fresh copy of the sources, docs and tests in ``work`` with mutmut configured for
+    ``package``."""
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("src", "tests"):
+    for name in ("src", "docs"):  # some tests read the docs (documented defaults)
         shutil.copytree(ROOT / name, work / name, ignore=ignore)
+    _copy_tests(package, work / "tests")
     config = (ROOT / "pyproject.toml").read_text()
     if "[tool.mutmut]" in config:
         raise SystemExit("pyproject.toml already has a [tool.mutmut] section; this script writes it.")
@@ -80,7 +98,8 @@ def prepare(package: str, work: Path) -> None:
         "\n[tool.mutmut]\n"
         'source_paths = ["src"]\n'
         f'only_mutate = ["src/robustlab/{package}/*"]\n'
-        f"pytest_add_cli_args_test_selection = {_toml_list(_tests(package))}\n"
+        'also_copy = ["docs"]\n'
+        'pytest_add_cli_args_test_selection = ["tests"]\n'
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]\n'
     )
     (work / "pyproject.toml").write_text(config)
@@ -114,18 +133,10 @@ def changed_sources(package: str, work: Path) -> list[str]:
 
 def refresh_tests(package: str, work: Path) -> None:
     """Put the current tests into the run in ``work`` (its mutants stay those of the sources it
-    copied)."""
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    copied; mutmut keeps the verdicts, collects the new tests' coverage, and reruns the mutants
+    it is told to)."""
     for target in (work / "tests", work / "mutants" / "tests"):
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(ROOT / "tests", target, ignore=ignore)
-    config = (work / "pyproject.toml").read_text()
-    start = config.index("pytest_add_cli_args_test_selection")
-    end = config.index("\n", start)
-    config = (config[:start] + f"pytest_add_cli_args_test_selection = {_toml_list(_tests(package))}"
-              + config[end:])
-    (work / "pyproject.toml").write_text(config)
-    shutil.copy(work / "pyproject.toml", work / "mutants" / "pyproject.toml")
+        _copy_tests(package, target)
 
 
 def _mutmut(work: Path, *args: str) -> subprocess.CompletedProcess:
