@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from robustlab.io import atomic_write_json
 from robustlab.provenance import provenance
 
 
@@ -42,11 +43,9 @@ def main() -> None:
         "load_average_1min_after": os.getloadavg()[0],
         "provenance": provenance(seed=0, device="cpu", config={}),
     }
-    text = json.dumps(out, indent=2)
-    print(text)
+    print(json.dumps(out, indent=2))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        atomic_write_json(args.out, out)
 
 
 if __name__ == "__main__":

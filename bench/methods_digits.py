@@ -20,6 +20,7 @@ import torch
 
 from robustlab.attacks import PGD
 from robustlab.data import load_dataset
+from robustlab.io import atomic_write_json
 from robustlab.models import build_model
 from robustlab.provenance import provenance
 from robustlab.training.methods import METHODS
@@ -66,11 +67,9 @@ def main() -> None:
         "results": rows,
         "provenance": provenance(seed=0, device="cpu", config={"methods": args.methods}),
     }
-    text = json.dumps(out, indent=2)
-    print(text)
+    print(json.dumps(out, indent=2))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        atomic_write_json(args.out, out)
 
 
 if __name__ == "__main__":
