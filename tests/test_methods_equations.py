@@ -99,7 +99,7 @@ def test_bound_training_at_radius_zero_is_clean_training():
     out = method.compute_loss(_linear(), batch, _ctx(0.0))
     z = batch.x @ W.T + B
     assert float(out.loss.detach()) == pytest.approx(float(F.cross_entropy(z, batch.y)), rel=1e-6)
-    assert out.metrics["robust_loss"] == pytest.approx(float(out.loss), rel=1e-6)
+    assert out.metrics["robust_loss"] == pytest.approx(float(out.loss.detach()), rel=1e-6)
     assert out.metrics["verified_acc"] == float((z.argmax(1) == batch.y).float().mean())
     assert out.metrics["eps"] == 0.0
 
