@@ -67,3 +67,29 @@ class Hardening(nn.Module):
     def forward(self, x):
         self.seen += 1
         return self.masked(x) if self.seen > self.calls else self.inner(x)
+
+
+F64 = torch.float64
+
+
+def affine(w, b) -> nn.Linear:
+    """A float64 linear classifier with weights ``w`` (K, D) and biases ``b`` (K,)."""
+    w = torch.as_tensor(w, dtype=F64)
+    model = nn.Linear(w.shape[1], w.shape[0]).to(F64)
+    with torch.no_grad():
+        model.weight.copy_(w)
+        model.bias.copy_(torch.as_tensor(b, dtype=F64))
+    return model.eval()
+
+
+def record_iterates(monkeypatch, attack) -> list[torch.Tensor]:
+    """The points at which ``attack`` asks for a gradient, in order."""
+    seen: list[torch.Tensor] = []
+    inner = attack.loss_gradient
+
+    def spy(model, x_adv, *args, **kwargs):
+        seen.append(x_adv.detach().clone())
+        return inner(model, x_adv, *args, **kwargs)
+
+    monkeypatch.setattr(attack, "loss_gradient", spy)
+    return seen

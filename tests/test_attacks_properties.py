@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from _attack_models import F64, affine, record_iterates
 from torch import nn
 
 from robustlab.attacks import (
@@ -62,18 +63,6 @@ from robustlab.errors import RobustlabError
 from robustlab.models import build_model, make_checkpoint, save_checkpoint
 from robustlab.threat import Threat
 
-F64 = torch.float64
-
-
-def affine(w, b) -> nn.Linear:
-    """A float64 linear classifier with weights ``w`` (K, D) and biases ``b`` (K,)."""
-    w = torch.as_tensor(w, dtype=F64)
-    model = nn.Linear(w.shape[1], w.shape[0]).to(F64)
-    with torch.no_grad():
-        model.weight.copy_(w)
-        model.bias.copy_(torch.as_tensor(b, dtype=F64))
-    return model.eval()
-
 
 def random_affine(d: int = 6, k: int = 4, seed: int = 0) -> nn.Linear:
     g = torch.Generator().manual_seed(seed)
@@ -90,19 +79,6 @@ def ce_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
     x = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), x)
     return g
-
-
-def record_iterates(monkeypatch, attack) -> list[torch.Tensor]:
-    """The points at which ``attack`` asks for a gradient, in order."""
-    seen: list[torch.Tensor] = []
-    inner = attack.loss_gradient
-
-    def spy(model, x_adv, *args, **kwargs):
-        seen.append(x_adv.detach().clone())
-        return inner(model, x_adv, *args, **kwargs)
-
-    monkeypatch.setattr(attack, "loss_gradient", spy)
-    return seen
 
 
 # ----------------------------------------------------------------------------- FGSM and PGD

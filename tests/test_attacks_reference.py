@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from _attack_models import mlp
+from _attack_models import F64, affine, mlp, record_iterates
 from torch import nn
 
 from robustlab.attacks import APGD, BETA, FAB, MD
@@ -20,31 +20,6 @@ from robustlab.attacks import fab as fab_module
 from robustlab.attacks.beta import best_targets
 from robustlab.threat import Threat
 from robustlab.training.methods import METHODS
-
-F64 = torch.float64
-
-
-def affine(w, b) -> nn.Linear:
-    """A float64 linear classifier with weights ``w`` (K, D) and biases ``b`` (K,)."""
-    w = torch.tensor(w, dtype=F64)
-    model = nn.Linear(w.shape[1], w.shape[0]).to(F64)
-    with torch.no_grad():
-        model.weight.copy_(w)
-        model.bias.copy_(torch.tensor(b, dtype=F64))
-    return model.eval()
-
-
-def record_iterates(monkeypatch, attack) -> list[torch.Tensor]:
-    """The points at which ``attack`` asks for a gradient, in order."""
-    seen: list[torch.Tensor] = []
-    inner = attack.loss_gradient
-
-    def spy(model, x_adv, *args, **kwargs):
-        seen.append(x_adv.detach().clone())
-        return inner(model, x_adv, *args, **kwargs)
-
-    monkeypatch.setattr(attack, "loss_gradient", spy)
-    return seen
 
 
 def start_at(monkeypatch, offsets) -> None:
