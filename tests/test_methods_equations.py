@@ -170,7 +170,7 @@ def test_cc_ibp_is_ce_of_the_convex_combination_of_logit_differences():
     out, z_adv, m, y = _expressive("cc-ibp", 0.3)
     d_adv = z_adv.gather(1, y[:, None]) - z_adv
     expected = F.cross_entropy(-(0.7 * d_adv + 0.3 * m), y)
-    assert float(out.loss) == pytest.approx(float(expected), rel=1e-5)  # kappa = 0: no clean CE
+    assert float(out.loss.detach()) == pytest.approx(float(expected), rel=1e-5)  # kappa = 0: no clean CE
     assert out.metrics["verified_acc"] == _verified(m, y)
 
 
@@ -178,14 +178,14 @@ def test_mtl_ibp_is_the_convex_combination_of_the_two_losses():
     out, z_adv, m, y = _expressive("mtl-ibp", 0.3)
     adv = F.cross_entropy(z_adv, y, reduction="none")
     ver = F.cross_entropy(-m, y, reduction="none")
-    assert float(out.loss) == pytest.approx(float((0.7 * adv + 0.3 * ver).mean()), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(float((0.7 * adv + 0.3 * ver).mean()), rel=1e-5)
 
 
 def test_exp_ibp_is_the_geometric_combination_of_the_two_losses():
     out, z_adv, m, y = _expressive("exp-ibp", 0.3)
     adv = F.cross_entropy(z_adv, y, reduction="none")
     ver = F.cross_entropy(-m, y, reduction="none")
-    assert float(out.loss) == pytest.approx(float((adv**0.7 * ver**0.3).mean()), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(float((adv**0.7 * ver**0.3).mean()), rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------ EMMA
@@ -206,7 +206,7 @@ def test_emma_loss_and_certified_estimate(threat, l2_eps):
     batch = _batch()
     out = method.compute_loss(_linear(), batch, _ctx(0.5))
     loss, certified_acc = _emma_expected(batch.x, batch.y, 0.5 * l2_eps)
-    assert float(out.loss) == pytest.approx(float(loss), rel=1e-4)
+    assert float(out.loss.detach()) == pytest.approx(float(loss), rel=1e-4)
     assert out.metrics["certified_acc_estimate"] == certified_acc
     assert out.metrics["lipschitz"] == pytest.approx(float(torch.linalg.matrix_norm(W, 2)),
                                                      rel=1e-3)
@@ -231,7 +231,7 @@ def test_emma_at_radius_zero_is_clean_cross_entropy():
     batch = _batch()
     out = method.compute_loss(_linear(), batch, _ctx(0.0))
     z = batch.x @ W.T + B
-    assert float(out.loss) == pytest.approx(float(F.cross_entropy(z, batch.y)), rel=1e-6)
+    assert float(out.loss.detach()) == pytest.approx(float(F.cross_entropy(z, batch.y)), rel=1e-6)
     assert set(out.metrics) == {"lipschitz"}
     torch.testing.assert_close(out.logits, z)
 
@@ -257,7 +257,7 @@ def test_vat_loss_is_labelled_ce_plus_alpha_lds():
     ce = F.cross_entropy(z[[0, 2]], torch.tensor([2, 1]))
     p = z.softmax(1)
     lds = (p * (p.log() - z_adv.log_softmax(1))).sum(1).mean()
-    assert float(out.loss) == pytest.approx(float(ce + 2.0 * lds), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(float(ce + 2.0 * lds), rel=1e-5)
     assert out.metrics == pytest.approx({"ce": float(ce), "lds": float(lds), "labelled": 0.5})
     torch.testing.assert_close(out.logits, z)
 
@@ -270,7 +270,7 @@ def test_iat_averages_the_clean_and_adversarial_mixup_losses():
         out = method.compute_loss(_linear(), batch, _ctx())
     assert set(out.metrics) == {"clean_mix", "adv_mix"}
     half = 0.5 * out.metrics["clean_mix"] + 0.5 * out.metrics["adv_mix"]
-    assert float(out.loss) == pytest.approx(half, rel=1e-6)
+    assert float(out.loss.detach()) == pytest.approx(half, rel=1e-6)
     assert out.metrics["clean_mix"] != out.metrics["adv_mix"]
 
 
@@ -286,7 +286,7 @@ def test_emma_without_a_final_linear_layer_uses_sqrt2_times_the_network_constant
     gap = z.gather(1, batch.y[:, None]) - z
     scale = (gap / (0.1 * k).clamp_min(1e-8)).clamp(0.01, 1.0)
     expected = F.cross_entropy(z + scale * 0.1 * k, batch.y)
-    assert float(out.loss) == pytest.approx(float(expected), rel=1e-4)
+    assert float(out.loss.detach()) == pytest.approx(float(expected), rel=1e-4)
 
 
 def test_mutual_at_loss_by_hand_with_one_peer():
@@ -316,7 +316,7 @@ def test_mutual_at_loss_by_hand_with_one_peer():
         li = sum(terms) / 2
         assert out.metrics[f"loss_model{i}"] == pytest.approx(float(li), rel=1e-5)
         total = total + li
-    assert float(out.loss) == pytest.approx(float(total), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(float(total), rel=1e-5)
     torch.testing.assert_close(out.logits, model(xs[0]))
 
 
