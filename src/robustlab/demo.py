@@ -1,6 +1,6 @@
 """The demo: standard vs PGD-adversarial training of a small CNN on scikit-learn's digits.
 
-Offline and CPU-sized (a few minutes on 2 cores): trains both models, evaluates them with FGSM,
+Offline and CPU-sized (several minutes on 2 cores): trains both models, evaluates them with FGSM,
 PGD-20 and APGD-T under Linf and L2 at several radii, with the attack-failure checks, and writes
 ``results.json`` and ``report.html``.
 
