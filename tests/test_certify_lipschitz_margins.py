@@ -28,6 +28,7 @@ from robustlab.certify.lipschitz import (
     power_iteration_norm,
     spectral_bound,
 )
+from robustlab.certify.propagation import linearized
 from robustlab.errors import RobustlabError
 from robustlab.models.layers import Normalize, Residual
 
@@ -150,13 +151,24 @@ def test_residual_bounds_are_at_least_the_true_constant(name):
 
 
 def test_a_linear_residual_is_bounded_as_one_map():
+    """``x -> Normalize (1 / 0.25) -> x + W x``: the block is the single map ``I + W`` after a
+    4-Lipschitz scaling, so the features are ``4 ||I + W||``-Lipschitz."""
     torch.manual_seed(3)
     block = Residual(nn.Linear(3, 3))
-    graph = compile_model(nn.Sequential(block, nn.Linear(3, 2)), (3,))
+    graph = compile_model(nn.Sequential(Normalize(0.5, 0.25), block, nn.Linear(3, 2)), (3,))
     with torch.no_grad():
         features = float(graph_lipschitz(graph, spectral_bound, upto=graph.output - 1))
         exact = float(torch.linalg.matrix_norm(block.body.weight + torch.eye(3), ord=2))
-    assert features == pytest.approx(exact, rel=1e-6)
+    assert features == pytest.approx(4 * exact, rel=1e-6)
+
+
+def test_a_linearised_graph_has_no_single_constant():
+    """The per-sample ReLU patterns of the tightness metric's linearisation differ per input."""
+    graph = compile_model(two_layer(), (4,))
+    with pytest.raises(RobustlabError) as err:
+        graph_lipschitz(linearized(graph, torch.rand(2, 4)), spectral_bound)
+    assert "per-sample" in str(err.value) and "Lipschitz" in str(err.value)
+    assert str(err.value).endswith(".")
 
 
 def linear_maps():
@@ -281,6 +293,12 @@ CIRCULAR = [
     (dict(in_channels=1, out_channels=2, kernel_size=3, padding=(1, 0), dilation=(1, 2)),
      (1, 4, 5)),
     (dict(in_channels=2, out_channels=2, kernel_size=3, padding=2, dilation=2), (2, 1, 4)),
+    # [1, -1] dilated by 2 along one axis of a 6-long torus: its spectrum misses the frequency
+    # where the undilated kernel's peaks (2 at n / 2), the dilated norm is sqrt(3)
+    (dict(in_channels=1, out_channels=1, kernel_size=(2, 1), dilation=(2, 1), bias=False),
+     (1, 6, 3)),
+    (dict(in_channels=1, out_channels=1, kernel_size=(1, 2), dilation=(1, 2), bias=False),
+     (1, 3, 6)),
 ]
 
 
@@ -310,6 +328,9 @@ def test_conv_bound_is_the_norm_of_the_circular_convolution(index):
     torch.manual_seed(index)
     args, shape = CIRCULAR[index]
     conv = nn.Conv2d(**args).double()
+    if conv.weight.numel() == 2:
+        with torch.no_grad():
+            conv.weight.copy_(torch.tensor([1.0, -1.0]).view_as(conv.weight))
     graph = compile_model(nn.Sequential(conv, nn.Flatten()), shape)
     op = graph.nodes[1].op
     (ph, pw), (sh, sw) = op.padding, op.stride
@@ -320,6 +341,8 @@ def test_conv_bound_is_the_norm_of_the_circular_convolution(index):
     with torch.no_grad():
         bound = float(conv_spectral_bound(op, shape))
     assert bound == pytest.approx(circular_norm(conv, conv.weight.detach(), n_h, n_w), rel=1e-9)
+    if conv.weight.numel() == 2:
+        assert bound == pytest.approx(math.sqrt(3), rel=1e-9)
 
 
 def test_residual_conv_bound_is_the_norm_of_the_kernel_plus_identity():
