@@ -92,6 +92,7 @@ def affine_of(layer: nn.Module, shape: tuple[int, ...]) -> tuple[torch.Tensor, t
 
 
 def close(a, b):
+    """Assert ``a == b`` to float32 rounding (the assertion of the tests below)."""
     torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
 
 
