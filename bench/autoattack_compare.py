@@ -11,7 +11,7 @@ FAB-T, Square 5,000 queries) at Linf eps 0.3 on the first ``--n`` test points, o
 CPU with ``--threads`` threads; each side is timed around the whole call, wall clock
 (``time.perf_counter``) and process CPU time (``time.process_time``, robust to other load).
 Robust accuracy is recomputed here from the returned points (misclassified and inside the ball).
-``--no-fast-kernels`` runs robustlab without the CPU kernels of ``robustlab.kernels`` (to see how
+``--no-fast-kernels`` runs robustlab without the CPU kernels of ``robustlab.runtime.kernels`` (to see how
 much of the difference they make); ``--skip-reference`` leaves the reference out. ``--repeat k``
 runs both sides k times in alternating order (robustlab first, then the reference first, ...) so
 that a change in the machine's load hits both; times are the best of the k runs, with every run
@@ -36,7 +36,7 @@ from _models import get_model, mnist  # noqa: E402
 
 from robustlab.attacks import AutoAttack  # noqa: E402
 from robustlab.io import atomic_write_json  # noqa: E402
-from robustlab.kernels import set_fast_kernels  # noqa: E402
+from robustlab.runtime.kernels import set_fast_kernels  # noqa: E402
 from robustlab.threat import Threat  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""robustlab.kernels against PyTorch's default CPU kernels, side by side in one run.
+"""robustlab.runtime.kernels against PyTorch's default CPU kernels, side by side in one run.
 
     .venv/bin/python bench/kernel_speed.py --out bench/results/kernel_speed.json
 
@@ -7,7 +7,7 @@ one forward+backward to the input (a gradient attack's step) on a batch, with th
 ``fast_kernels`` off and on, the input as given and channels-last (what attacks pass on the CPU).
 Part 2, the rule: for first-layer shapes, the time of each input-gradient kernel (oneDNN's through
 ``convolution_backward``, the flipped convolution, col2im, depthwise), with the one
-:func:`robustlab.kernels.input_gradient_kernel` picks.
+:func:`robustlab.runtime.kernels.input_gradient_kernel` picks.
 Part 3, max pooling with gradients (forward and backward to the input): PyTorch's kernel against
 oneDNN's, which ``fast_kernels`` uses.
 Best of ``--repeats`` timings, one thread; the two sides of a comparison alternate call by call, so
@@ -27,10 +27,10 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from robustlab import kernels
 from robustlab.io import atomic_write_json
-from robustlab.kernels import fast_kernels, input_gradient_kernel
 from robustlab.models import build_model
+from robustlab.runtime import kernels
+from robustlab.runtime.kernels import fast_kernels, input_gradient_kernel
 
 MODELS = [("lenet", (1, 28, 28), 200), ("madry-cnn", (1, 28, 28), 100), ("smallcnn", (1, 28, 28), 100),
           ("cnn-small", (3, 32, 32), 100)]  # fmt: skip

@@ -22,8 +22,8 @@ import torch
 
 from robustlab.attacks.incremental import IncrementalForward
 from robustlab.io import atomic_write_json
-from robustlab.kernels import fast_kernels
 from robustlab.models import build_model
+from robustlab.runtime.kernels import fast_kernels
 
 MODELS = [("lenet", (1, 28, 28)), ("madry-cnn", (1, 28, 28)), ("smallcnn", (1, 28, 28)),
           ("cnn7", (3, 32, 32))]  # fmt: skip

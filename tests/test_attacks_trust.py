@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from _attack_models import data, linear_model, mlp
 from torch import nn
 
-from robustlab import kernels
 from robustlab.attacks import APGD, FAB, PGD, Attack, AutoAttack, Square, incremental
 from robustlab.attacks.base import AttackContainmentError
 from robustlab.attacks.incremental import IncrementalForward
-from robustlab.fastpaths import FELL_BACK, USED, agree, merge_fast_paths
-from robustlab.kernels import set_fast_kernels
 from robustlab.models import build_model
+from robustlab.runtime import kernels
+from robustlab.runtime.fastpaths import FELL_BACK, USED, agree, merge_fast_paths
+from robustlab.runtime.kernels import set_fast_kernels
 
 
 def _lenet() -> nn.Sequential:

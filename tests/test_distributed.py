@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from robustlab.attacks import PGD
-from robustlab.training import distributed
+from robustlab.runtime import distributed
 
 # A global batch of 45 splits 23/22 over 2 ranks: the uneven shards must be weighted exactly.
 CFG = {"epochs": 2, "batch_size": 45, "lr": 0.05, "sam_rho": 0.05, "ema_decay": 0.9, "seed": 3}

@@ -1,4 +1,4 @@
-"""The faster CPU kernels of robustlab.kernels give PyTorch's results (outputs and gradients)."""
+"""The faster CPU kernels of robustlab.runtime.kernels give PyTorch's results (outputs and gradients)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustlab import kernels
 from robustlab.attacks import PGD
-from robustlab.kernels import fast_kernels, set_fast_kernels
 from robustlab.models import build_model
+from robustlab.runtime import kernels
+from robustlab.runtime.kernels import fast_kernels, set_fast_kernels
 
 
 def _grad(fn, x: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,6 +5,7 @@
     .venv/bin/python tools/mutation.py certify --resume   # continue an interrupted run
     .venv/bin/python tools/mutation.py certify --summarize  # summary of a stopped run so far
     .venv/bin/python tools/mutation.py certify --retest-survivors  # after adding tests
+    .venv/bin/python tools/mutation.py attacks --sample 400    # a uniform random sample of mutants
 
 mutmut (https://github.com/boxed/mutmut, 3.x) changes the source one small edit at a time (an
 operator, a constant, a dropped argument, ...) and runs the tests that call the changed function; a
@@ -28,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -105,6 +108,36 @@ def prepare(package: str, work: Path) -> None:
     (work / "pyproject.toml").write_text(config)
 
 
+def generate(work: Path) -> list[str]:
+    """Write the mutants of the run in ``work`` (mutmut's own generation step, without testing
+    any) and return all their names."""
+    steps = (
+        "import os; from mutmut.__main__ import *; set_mutant_under_test('mutant_generation'); "
+        "os.makedirs('mutants', exist_ok=True); copy_src_dir(); copy_also_copy_files(); "
+        "setup_source_paths(); store_lines_covered_by_tests(); create_mutants(2)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", steps], cwd=work, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"mutmut could not generate the mutants in {work}:\n{done.stderr[-2000:]}")
+    return sorted(
+        name
+        for meta in (work / "mutants" / "src").rglob("*.py.meta")
+        for name in json.loads(meta.read_text())["exit_code_by_key"]
+    )
+
+
+def wilson_interval(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a kill rate measured on ``n`` mutants drawn at random."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = killed / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (round(centre - half, 4), round(centre + half, 4))
+
+
 def survivor_names(work: Path, skip: list[str] = ()) -> list[str]:
     """The mutants of the run in ``work`` that no test killed (survived or had no test), except
     those of the source files ``skip`` (paths relative to the package)."""
@@ -148,7 +181,8 @@ def _mutmut(work: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def summarize(package: str, work: Path, seconds: float | None) -> dict:
-    """Counts per file and the survivors' diffs, from mutmut's per-file ``.meta`` records."""
+    """Counts per file and the survivors' diffs, from mutmut's per-file ``.meta`` records; for a
+    sampled run (``sample.json`` in ``work``) also the sample and its 95 % interval."""
     from mutmut import __version__ as mutmut_version
     from mutmut.stats import status_by_exit_code
 
@@ -175,6 +209,10 @@ def summarize(package: str, work: Path, seconds: float | None) -> dict:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         rev = None
+    sample_file = work / "sample.json"
+    sample = json.loads(sample_file.read_text()) if sample_file.is_file() else None
+    if sample is not None:
+        sample["interval_95"] = wilson_interval(killed, n)
     return {
         "package": f"robustlab/{package}",
         "command": " ".join([".venv/bin/python tools/mutation.py", *sys.argv[1:]]),
@@ -186,6 +224,8 @@ def summarize(package: str, work: Path, seconds: float | None) -> dict:
         "killed": killed,
         "not_tested": untested,  # an interrupted run (see --summarize): the score is over the rest
         "score": round(killed / n, 4) if n else None,
+        # a uniform random sample of the mutants (--sample): size, seed, population, interval
+        "sample": sample,
         "bar": BARS[package],
         "totals": dict(total),
         "per_file": {f: dict(c) for f, c in per_file.items()},
@@ -205,6 +245,29 @@ def _diff(work: Path, name: str, source: str) -> str:
         return get_diff_for_mutant(name, path=source)
     finally:
         os.chdir(here)
+
+
+def _sample(package: str, work: Path, size: int, seed: int, resume: bool) -> list[str]:
+    """The names of a seeded uniform sample of the package's mutants; on ``resume``, only those
+    of the sample not yet tested."""
+    from mutmut.stats import status_by_exit_code
+
+    if not (resume and (work / "sample.json").is_file()):
+        prepare(package, work)
+    population = generate(work)
+    names = sorted(random.Random(seed).sample(population, min(size, len(population))))
+    _atomic_write(work / "sample.json", json.dumps(
+        {"size": len(names), "seed": seed, "population": len(population)}
+    ))  # fmt: skip
+    if resume:
+        tested = {
+            name
+            for meta in (work / "mutants" / "src").rglob("*.py.meta")
+            for name, code in json.loads(meta.read_text())["exit_code_by_key"].items()
+            if code is not None and status_by_exit_code[code] != "not checked"
+        }
+        names = [n for n in names if n not in tested]
+    return names
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -227,6 +290,10 @@ def main() -> None:
                         help="run the current tests on the survivors of the run in the work "
                              "folder (survivors of source files changed since are not retested "
                              "and still count as survivors)")
+    parser.add_argument("--sample", type=int, metavar="N",
+                        help="test a uniform random sample of N mutants instead of all of them; "
+                             "the summary gives the score's 95 %% interval")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in its work folder (mutants already "
                              "tested keep their result; the sources are not copied again)")
@@ -248,10 +315,13 @@ def main() -> None:
                           f"(they still count as survivors): {', '.join(stale)}", flush=True)
                 refresh_tests(package, work)
                 names = survivor_names(work, stale)
+            elif args.sample:
+                names = _sample(package, work, args.sample, args.seed, args.resume)
             elif not (args.resume and (work / "mutants").is_dir()):
                 prepare(package, work)
             print(f"[{package}] mutating in {work} with tests {', '.join(_tests(package))}"
-                  + (f" ({len(names)} survivors retested)" if args.retest_survivors else ""),
+                  + (f" ({len(names)} survivors retested)" if args.retest_survivors else "")
+                  + (f" ({len(names)} sampled mutants to test)" if args.sample else ""),
                   flush=True)
             start = time.perf_counter()
             run = _mutmut(work, "run", "--max-children", str(args.children), *names)

@@ -7,7 +7,7 @@ ATTACKS: Registry = Registry("attack")
 # Attack modules register on import; keep this list explicit.
 from robustlab.attacks.apgd import APGD, APGDCE, APGDDLR, APGDT  # noqa: E402
 from robustlab.attacks.autoattack import AutoAttack  # noqa: E402
-from robustlab.attacks.base import Attack, AttackResult, eval_mode  # noqa: E402
+from robustlab.attacks.base import Attack, AttackResult  # noqa: E402
 from robustlab.attacks.beta import BETA  # noqa: E402
 from robustlab.attacks.cw import CarliniWagnerL2  # noqa: E402
 from robustlab.attacks.deepfool import DeepFool  # noqa: E402
@@ -50,5 +50,4 @@ __all__ = [
     "FGSM",
     "PGD",
     "build_attack",
-    "eval_mode",
 ]

@@ -28,10 +28,11 @@ from typing import Any
 from torch import Tensor, nn
 
 from robustlab.attacks import ATTACKS
-from robustlab.attacks.base import Attack, AttackResult, check_containment, eval_mode
+from robustlab.attacks.base import Attack, AttackResult, check_containment
 from robustlab.attacks.objectives import adversarial_score, is_adversarial
 from robustlab.errors import RobustlabError
-from robustlab.fastpaths import FastPathGuard
+from robustlab.runtime.fastpaths import FastPathGuard
+from robustlab.runtime.modes import eval_mode
 from robustlab.threat import Threat
 from robustlab.validation import check_inputs, check_labels
 

@@ -12,7 +12,7 @@ The base class owns what every attack needs:
 - a seeded ``torch.Generator`` for random starts, so a seeded attack is deterministic;
 - gradients enabled for :meth:`Attack.perturb`, whatever the caller's grad mode;
 - model calls on the fast paths proven equal to the plain path for this model, recorded in
-  ``extras["fast_paths"]`` (:mod:`robustlab.fastpaths`);
+  ``extras["fast_paths"]`` (:mod:`robustlab.runtime.fastpaths`);
 - containment: every returned point lies in the threat ball (float tolerance of
   :meth:`Threat.contains`) and in [0, 1], or the run raises :class:`AttackContainmentError`.
 
@@ -22,8 +22,7 @@ Subclasses implement :meth:`Attack.perturb` on the batch of points to attack.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -33,7 +32,8 @@ from torch import Tensor, nn
 from robustlab.attacks.geometry import check_norm, perturbation_norms
 from robustlab.attacks.objectives import OBJECTIVES, Objective, adversarial_score, is_adversarial
 from robustlab.errors import RobustlabError
-from robustlab.fastpaths import FastPathGuard, FastPaths
+from robustlab.runtime.fastpaths import FastPathGuard, FastPaths
+from robustlab.runtime.modes import eval_mode
 from robustlab.threat import Threat
 from robustlab.validation import check_inputs, check_int, check_labels, check_logits
 
@@ -66,18 +66,6 @@ def check_containment(name: str, x_adv: Tensor, x: Tensor, threat: Threat | None
             f"internal error: {name} returned {int(bad.sum())} of {len(bad)} points outside "
             f"{what} (largest violation {float(violation[bad].max()):.3g}); please report it."
         )
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode and restore each one's previous mode on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, was_training in modes:
-            m.training = was_training
 
 
 def minimal_norm_score(norms: Tensor, adversarial: Tensor) -> Tensor:
@@ -282,7 +270,7 @@ class Attack(ABC):
     def _forward(self, model: nn.Module, x: Tensor) -> Tensor:
         """One counted forward pass, checked to return (N, K) logits, on the fast paths (faster
         CPU kernels; channels-last images with gradients) proven equal to the plain path for this
-        model at its first call (:mod:`robustlab.fastpaths`)."""
+        model at its first call (:mod:`robustlab.runtime.fastpaths`)."""
         self.forward_passes += x.shape[0]
         return check_logits(self._fast_guard().forward(model, x), x.shape[0])
 

@@ -26,7 +26,7 @@ called as modules). Any other model gets the reason it is refused, and the attac
 
 Trust is also checked at run time: the logits of :meth:`IncrementalForward.reset` and of the first
 query through the whole block and through a patch are compared with the plain forward pass of the
-whole model on the same input (:func:`robustlab.fastpaths.agree`, float rounding only). On a
+whole model on the same input (:func:`robustlab.runtime.fastpaths.agree`, float rounding only). On a
 mismatch the forward gives that query the plain logits and sets ``mismatch``; the attack then
 queries the whole model for the rest of the run and records that it fell back.
 """
@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustlab.fastpaths import agree, difference, plain_forward
-from robustlab.kernels import fast_kernels
 from robustlab.models.layers import Normalize
 from robustlab.models.shapes import InputTooSmallError, output_shape, pair
+from robustlab.runtime.fastpaths import agree, difference, plain_forward
+from robustlab.runtime.kernels import fast_kernels
 
 _ACTIVATIONS = frozenset({
     nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity,

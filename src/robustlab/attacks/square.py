@@ -30,7 +30,7 @@ from robustlab.attacks.base import Attack
 from robustlab.attacks.incremental import IncrementalForward, window_index
 from robustlab.attacks.objectives import margin_objective
 from robustlab.errors import RobustlabError
-from robustlab.fastpaths import FELL_BACK, USED, plain_forward
+from robustlab.runtime.fastpaths import FELL_BACK, USED, plain_forward
 from robustlab.threat import Threat
 from robustlab.validation import check_int, check_positive
 

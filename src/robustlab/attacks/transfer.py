@@ -14,7 +14,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from robustlab.attacks import ATTACKS
-from robustlab.attacks.base import Attack, AttackResult, eval_mode
+from robustlab.attacks.base import Attack, AttackResult
+from robustlab.runtime.modes import eval_mode
 from robustlab.threat import Threat
 
 

@@ -23,7 +23,6 @@ import torch
 from rich.progress import Progress
 from torch import Tensor, nn
 
-from robustlab.attacks.base import eval_mode
 from robustlab.certify.bounds import compute_bounds
 from robustlab.certify.crown import MAX_ELEMENTS
 from robustlab.certify.lipschitz import LipschitzCertifier, l2_radius
@@ -40,6 +39,8 @@ from robustlab.errors import RobustlabError
 from robustlab.progress import progress_bar
 from robustlab.provenance import provenance
 from robustlab.registry import Registry
+from robustlab.runtime.devices import model_device
+from robustlab.runtime.modes import eval_mode
 from robustlab.threat import Threat
 from robustlab.validation import check_inputs, check_int, check_labels, check_logits, check_positive
 
@@ -317,9 +318,7 @@ def certify(
     x_all, y_all, k, name = _as_data(data)
     check_inputs(x_all, f"{name} inputs")
     y_all = check_labels(y_all, x_all.shape[0], k, f"{name} labels")
-    param = next(iter(model.parameters()), None)
-    dev = torch.device(device) if device is not None else (
-        param.device if param is not None else torch.device("cpu"))
+    dev = model_device(model, device)
     model = model.to(dev)
     n = x_all.shape[0]
     correct = torch.zeros(n, dtype=torch.bool)

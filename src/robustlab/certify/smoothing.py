@@ -30,9 +30,9 @@ from rich.progress import Progress
 from scipy.stats import beta, binom, norm
 from torch import Tensor, nn
 
-from robustlab.attacks.base import eval_mode
 from robustlab.errors import RobustlabError
 from robustlab.progress import progress_bar
+from robustlab.runtime.modes import eval_mode
 from robustlab.validation import check_inputs, check_int, check_positive
 
 ABSTAIN = -1

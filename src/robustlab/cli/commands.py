@@ -135,7 +135,7 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a model with any registered method; writes checkpoint.pt and metrics.jsonl."""
-    from robustlab.training import distributed
+    from robustlab.runtime import distributed
     from robustlab.training.trainer import TrainConfig, Trainer
 
     distributed.init_from_env(device)  # a no-op unless launched by torchrun with WORLD_SIZE > 1

@@ -31,6 +31,7 @@ from robustlab.errors import RobustlabError
 from robustlab.io import atomic_write_json
 from robustlab.progress import progress_bar
 from robustlab.provenance import provenance
+from robustlab.runtime.modes import eval_mode
 from robustlab.validation import check_int, check_labels, check_logits
 
 SCHEMA = "robustlab-corruptions/1"
@@ -329,7 +330,6 @@ def evaluate_corruptions(
     and mCE, FR and mFR. Corruptions are drawn per chunk of ``batch_size`` from ``seed``; the
     model runs on ``device`` in eval mode (its previous mode is restored).
     """
-    from robustlab.attacks import eval_mode
 
     names = corruption_names(corruption_set)
     plan = _plan(names, severities)

@@ -32,9 +32,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks import APGD, Square, eval_mode
+from robustlab.attacks import APGD, Square
 from robustlab.attacks.objectives import margin_objective
 from robustlab.evaluation.results import WORST_CASE
+from robustlab.runtime.modes import eval_mode
 from robustlab.threat import Threat
 
 BLACK_BOX = frozenset({"square"})

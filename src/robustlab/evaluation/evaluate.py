@@ -13,7 +13,7 @@ every batch, and a later call with the same model, data and configuration contin
 Inside a ``torch.distributed`` process group (``torchrun``) each rank attacks every ``W``-th batch
 (the single-process batch boundaries) and the per-sample results are merged with one all-reduce
 per attack and threat, so a seeded evaluation gives the single-process numbers
-(:mod:`robustlab.training.distributed`).
+(:mod:`robustlab.runtime.distributed`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks import Attack, build_attack, eval_mode
+from robustlab.attacks import Attack, build_attack
 from robustlab.data import ArrayDataset
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.checks import check_certified_not_broken, run_checks
@@ -39,26 +39,17 @@ from robustlab.evaluation.results import (
     per_class_accuracy,
     worst_class,
 )
-from robustlab.fastpaths import merge_fast_paths
 from robustlab.io import atomic_torch_save
 from robustlab.models import model_spec
 from robustlab.progress import progress_bar
 from robustlab.provenance import provenance
+from robustlab.runtime.distributed import is_distributed, is_main, merge_shards, owns_batch
+from robustlab.runtime.fastpaths import merge_fast_paths
+from robustlab.runtime.predict import predict
 from robustlab.threat import Threat
-from robustlab.training.distributed import is_distributed, is_main, merge_shards, owns_batch
-from robustlab.validation import check_int, check_logits
+from robustlab.validation import check_int
 
 STATE_SCHEMA = "robustlab-evaluation-state/1"
-
-
-def predict(model: nn.Module, x: Tensor, batch_size: int, device: torch.device) -> Tensor:
-    """Predicted labels, batched, in eval mode, without gradients."""
-    preds = []
-    with eval_mode(model), torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].to(device)
-            preds.append(check_logits(model(xb), len(xb)).argmax(1).cpu())
-    return torch.cat(preds)
 
 
 def _entry(name: str, threat: Threat, robust: Tensor, y: Tensor, k: int, **kw: Any) -> AttackEntry:
@@ -305,7 +296,7 @@ def evaluate(
         attacks=entries,
         provenance={
             **provenance(seed=seed, device=device, config=config),
-            "fast_paths": {  # which fast paths each attack took (robustlab.fastpaths)
+            "fast_paths": {  # which fast paths each attack took (robustlab.runtime.fastpaths)
                 f"{name} {threat}": item.get("fast_paths", {})
                 for (name, threat, _), item in zip(plan, state.items)
             },

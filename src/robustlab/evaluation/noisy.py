@@ -21,26 +21,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks import eval_mode
 from robustlab.data.noise import NoisyLabels
 from robustlab.errors import RobustlabError
 from robustlab.losses import per_sample_loss_fn
-from robustlab.validation import check_int, check_logits
+from robustlab.runtime.predict import batched_logits
 
 
 def model_logits(
     model: nn.Module, x: Tensor, batch_size: int = 512, device: str | torch.device | None = None
 ) -> Tensor:
-    """Logits of ``model`` on ``x``, batched, in eval mode, without gradients, on the CPU."""
-    check_int(batch_size, "batch_size")
-    if device is None:
-        device = next(model.parameters()).device
-    out = []
-    with eval_mode(model), torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].to(device)
-            out.append(check_logits(model(xb), len(xb)).float().cpu())
-    return torch.cat(out)
+    """Logits of ``model`` on ``x``, batched, in eval mode, without gradients, as float32 on the
+    CPU."""
+    return batched_logits(model, x, batch_size, device).float()
 
 
 def per_sample_losses(logits: Tensor, labels: Tensor, loss: str | nn.Module = "ce") -> Tensor:

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab.attacks import Attack, eval_mode
+from robustlab.attacks import Attack
 from robustlab.data import ArrayDataset
-from robustlab.training.distributed import merge_shards, owned_batches
+from robustlab.runtime.distributed import merge_shards, owned_batches
+from robustlab.runtime.modes import eval_mode
 
 
 @dataclass

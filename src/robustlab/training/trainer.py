@@ -35,8 +35,8 @@ from robustlab.errors import CheckpointError, RobustlabError
 from robustlab.io import atomic_write_text
 from robustlab.models import load_checkpoint, make_checkpoint, model_spec, save_checkpoint
 from robustlab.progress import progress_bar
+from robustlab.runtime import distributed as dist
 from robustlab.threat import Threat
-from robustlab.training import distributed as dist
 from robustlab.training.early_stopping import EarlyStopping, split_accuracy
 from robustlab.training.ema import WeightEMA
 from robustlab.training.method import Batch, LossOutput, Method, StepContext
@@ -137,17 +137,6 @@ def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim
     if cfg.sam_rho > 0:
         return SAM(base, rho=cfg.sam_rho, adaptive=cfg.sam_adaptive, eta=cfg.sam_eta)
     return base
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Clean accuracy of ``model`` (in its current mode) on tensors, batched, without gradients."""
-    device = next(model.parameters()).device
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            logits = model(x[i : i + batch_size].to(device))
-            correct += int((logits.argmax(1).cpu() == y[i : i + batch_size]).sum())
-    return correct / max(1, len(x))
 
 
 class Trainer:

@@ -22,15 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustlab.attacks import eval_mode
 from robustlab.data.dataset import ArrayDataset
 from robustlab.errors import RobustlabError
-from robustlab.evaluation.evaluate import predict
 from robustlab.losses import per_sample_loss_fn
 from robustlab.losses._common import check_unit_interval
 from robustlab.losses.robust import BOOTSTRAP_MODES, bootstrap_loss
 from robustlab.models.factory import unwrap
-from robustlab.training import distributed as dist
+from robustlab.runtime import distributed as dist
+from robustlab.runtime.modes import eval_mode
+from robustlab.runtime.predict import predict
 from robustlab.training.method import Batch, LossOutput, Method, StepContext
 from robustlab.training.methods import METHODS
 from robustlab.training.methods.shared import fresh_copy

@@ -16,9 +16,10 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks import PGD, eval_mode
+from robustlab.attacks import PGD
 from robustlab.errors import RobustlabError
 from robustlab.losses.adversarial import divergence
+from robustlab.runtime.modes import eval_mode
 from robustlab.threat import Threat
 from robustlab.training.method import Method, StepContext
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustlab.attacks import eval_mode
 from robustlab.errors import RobustlabError
 from robustlab.losses.adversarial import kl_divergence
+from robustlab.runtime.modes import eval_mode
 from robustlab.threat import Threat
 from robustlab.training.method import Batch, LossOutput, Method, StepContext
 from robustlab.training.methods import METHODS

@@ -1,7 +1,7 @@
 """Fast paths taken only where proven equal to the plain path, and the record of which ran.
 
 An attack may call the model through three fast paths: the rerouted CPU kernels of
-:mod:`robustlab.kernels`, channels-last inputs (faster oneDNN convolutions with gradients) and, for
+:mod:`robustlab.runtime.kernels`, channels-last inputs (faster oneDNN convolutions with gradients) and, for
 Square's Linf queries, the incremental forward of :mod:`robustlab.attacks.incremental`. Each is an
 optimisation of the same function, so each must give the plain path's outputs for *this* model:
 a subclass of a known layer, a hook, or a forward that calls ``.view`` on a channels-last tensor
@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from robustlab.kernels import fast_kernels, fast_kernels_enabled
+from robustlab.runtime.kernels import fast_kernels, fast_kernels_enabled
 
 PATHS = ("fast_kernels", "channels_last", "incremental_forward")
 USED = "used"

@@ -21,7 +21,7 @@ default kernels cost several times their arithmetic (torch 2.13; ``bench/kernel_
 
 :func:`fast_kernels` is a context manager (a ``TorchFunctionMode``) that reroutes exactly these
 calls while it is active; attacks enter it around their model calls on the CPU once a run-time
-comparison with PyTorch's kernels on the model has passed (:mod:`robustlab.fastpaths`, which
+comparison with PyTorch's kernels on the model has passed (:mod:`robustlab.runtime.fastpaths`, which
 records in each result whether they were used). Everything else
 (other devices, dtypes, strides, padding modes, pooling with ``return_indices``) goes to PyTorch
 unchanged. Gradients through the block are first-order only, as an attack needs: the rerouted
@@ -308,7 +308,7 @@ def fast_kernels(
     rerouted convolutions then skip the weight and bias gradients, which a custom backward cannot
     otherwise know are unused. Yields the mode, whose ``rerouted`` flag says afterwards whether any
     call took a faster kernel (None where the block is a no-op); the attacks record it
-    (:mod:`robustlab.fastpaths`).
+    (:mod:`robustlab.runtime.fastpaths`).
     """
     active = _ENABLED and torch.device(device).type == "cpu"
     mode = _FastKernelMode(weight_gradients) if active else None
