@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from robustlab.corruptions import evaluate_corruptions
 from robustlab.data import load_dataset
+from robustlab.evaluation import evaluate_corruptions
 
 
 def cnn() -> nn.Module:

@@ -4,21 +4,12 @@ checkpoint, the JSON it writes, and bad input ending in one sentence with exit c
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
+from _cli import run_cli
 
-from robustlab.cli import main
 from robustlab.models import build_model, make_checkpoint, save_checkpoint
-
-
-def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["robustlab", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

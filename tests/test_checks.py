@@ -8,8 +8,6 @@ import torch
 from _attack_models import Hardening, Noisy, Quantized, data, linear_model
 
 from robustlab.evaluation.checks import (
-    MAX_INDICES,
-    THRESHOLDS,
     black_box_findings,
     black_box_share,
     check_certified_not_broken,
@@ -20,6 +18,7 @@ from robustlab.evaluation.checks import (
     monotonicity_share,
     run_checks,
 )
+from robustlab.evaluation.findings import MAX_INDICES, THRESHOLDS
 from robustlab.threat import Threat
 
 

@@ -9,16 +9,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from _cli import run_cli
 
 from robustlab.cli import main
-
-
-def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["robustlab", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

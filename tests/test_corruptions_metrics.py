@@ -15,7 +15,6 @@ from robustlab.corruptions import (
     CorruptionResult,
     corrupt,
     corruption_error,
-    evaluate_corruptions,
     expected_calibration_error,
     flip_probability,
     gallery,
@@ -26,6 +25,7 @@ from robustlab.corruptions import (
 )
 from robustlab.corruptions.sets import corrupt_chunks
 from robustlab.errors import RobustlabError
+from robustlab.evaluation import evaluate_corruptions
 
 
 @dataclass

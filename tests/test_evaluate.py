@@ -4,17 +4,16 @@ JSON, resumable state, suites and the CLI."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 from _attack_models import mlp
+from _cli import run_cli
 
 from robustlab.attacks import APGDCE
-from robustlab.cli import main
 from robustlab.data import ArrayDataset
 from robustlab.errors import RobustlabError
-from robustlab.evaluation import EvaluationResult, evaluate
+from robustlab.evaluation import EvaluationResult, evaluate, run_stages
 from robustlab.evaluation.suites import SUITES
 from robustlab.models import build_model, make_checkpoint, save_checkpoint
 
@@ -81,12 +80,26 @@ def test_suites_are_registered():
     assert SUITES.get("autoattack-standard").attacks == ("autoattack",)
 
 
-def _cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["robustlab", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    cap = capsys.readouterr()
-    return exc.value.code, cap.out, cap.err
+def test_a_suite_composes_the_stages_evaluate_runs(setup):
+    """``run_stages`` over a suite's stages gives ``evaluate``'s numbers for its attacks, with the
+    user's arguments overriding the suite's key by key."""
+    model, ds = setup
+    suite = SUITES.get("quick")
+    overrides = {"pgd": {"steps": 5}, "apgd-ce": {"steps": 5}}
+    composed = run_stages(model, ds, suite.stages(["linf:0.05"], overrides, probe_size=20),
+                          batch_size=20, progress=False)  # fmt: skip
+    names, kwargs = suite.attack_plan(overrides)
+    assert names == ["fgsm", "pgd", "apgd-ce"] and kwargs["pgd"] == {"steps": 5}
+    direct = evaluate(model, ds, names, ["linf:0.05"], attack_kwargs=kwargs, batch_size=20,
+                      progress=False, probe_size=20)  # fmt: skip
+    assert [(e.attack, e.threat, e.robust_accuracy) for e in composed.attacks] == [
+        (e.attack, e.threat, e.robust_accuracy) for e in direct.attacks
+    ]
+    assert [e.attack for e in composed.attacks][-1] == "worst-case"
+    assert [(c["name"], c["flag"]) for c in composed.checks] == [
+        (c["name"], c["flag"]) for c in direct.checks
+    ]
+    assert composed.provenance["config"] == direct.provenance["config"]
 
 
 def test_cli_autoattack_and_suite(tmp_path, capsys, monkeypatch):
@@ -94,7 +107,7 @@ def test_cli_autoattack_and_suite(tmp_path, capsys, monkeypatch):
     net = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=(32,))
     ckpt = save_checkpoint(tmp_path / "m.pt", make_checkpoint(net))
     out = tmp_path / "aa.json"
-    code, stdout, err = _cli(
+    code, stdout, err = run_cli(
         ["evaluate", "--checkpoint", str(ckpt), "--attacks", "autoattack", "--threat", "linf:0.3",
          "--limit", "30", "--out", str(out), "--no-progress", "--probe-size", "10"],
         capsys, monkeypatch,
@@ -104,13 +117,13 @@ def test_cli_autoattack_and_suite(tmp_path, capsys, monkeypatch):
     assert data["attacks"][0]["attack"] == "autoattack" and "checks" in data
     assert "attack-failure checks" in stdout and "apgd-ce" in stdout
     assert not (tmp_path / "aa.json.state.pt").exists()  # removed once the result is saved
-    code, stdout, err = _cli(
+    code, stdout, err = run_cli(
         ["evaluate", "--checkpoint", str(ckpt), "--suite", "quick", "--threat", "linf:0.1",
          "--limit", "30", "--no-progress", "--no-checks"],
         capsys, monkeypatch,
     )  # fmt: skip
     assert code in (0, None), err and "worst-case" in stdout
-    code, _, err = _cli(
+    code, _, err = run_cli(
         ["evaluate", "--checkpoint", str(ckpt), "--suite", "quick", "--attacks", "pgd"],
         capsys, monkeypatch,
     )  # fmt: skip

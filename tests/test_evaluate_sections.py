@@ -4,13 +4,11 @@ cross-check between certificates and attacks, and label noise from the CLI."""
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
-import pytest
 import torch
+from _cli import run_cli
 
-from robustlab.cli import main
 from robustlab.evaluation import evaluate
 from robustlab.evaluation.checks import check_certified_not_broken
 from robustlab.report import render_report
@@ -59,11 +57,9 @@ def test_soundness_check_fires_on_a_broken_certificate():
 
 def test_train_with_label_noise_cli(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    monkeypatch.setattr(sys, "argv", ["robustlab", "train", "--epochs", "1", "--label-noise",
-                                      "symmetric:0.4", "--out", str(out), "--no-progress"])  # fmt: skip
-    with pytest.raises(SystemExit) as exc:
-        main()
-    assert exc.value.code in (0, None), capsys.readouterr().err
+    code, _, err = run_cli(["train", "--epochs", "1", "--label-noise", "symmetric:0.4",
+                            "--out", str(out), "--no-progress"], capsys, monkeypatch)  # fmt: skip
+    assert code in (0, None), err
     noise = np.load(out / "label_noise.npz")
     summary = json.loads((out / "label_noise.json").read_text())
     assert summary["n_noisy"] == int(noise["is_noisy"].sum()) == round(0.4 * len(noise["y_clean"]))

@@ -56,8 +56,9 @@ def test_report_is_self_contained(result):
 
 
 def test_report_and_cli_show_what_a_raised_flag_found(result, capsys):
-    from robustlab.cli.commands import print_checks
-    from robustlab.evaluation.checks import black_box_findings, make_check
+    from robustlab.cli.render import print_checks
+    from robustlab.evaluation.checks import black_box_findings
+    from robustlab.evaluation.findings import make_check
     from robustlab.threat import Threat
 
     t = Threat.parse("linf:0.1")

@@ -3,6 +3,12 @@
 Registration is explicit (a decorator or a call in the module that defines the object); there is no
 import-time scanning. ``Registry.get`` of an unknown name raises :class:`UnknownNameError` listing the
 known names.
+
+One pattern for every registry: each instance lives in its package's ``registry.py``
+(``attacks/registry.py`` holds ATTACKS and OBJECTIVES; ``losses``, ``models``, ``data``,
+``corruptions``, ``certify``, ``training/methods`` and ``evaluation`` one each), the modules that
+register import it from there, and the package ``__init__`` imports those modules (an explicit
+list) and re-exports the registry.
 """
 
 from __future__ import annotations

@@ -1,24 +1,23 @@
-"""Adversarial attacks by name: ``ATTACKS.get("pgd")(threat="linf:0.3", steps=40)``."""
+"""Adversarial attacks by name: ``ATTACKS.get("pgd")(threat="linf:0.3", steps=40)``.
 
-from robustlab.registry import Registry
+The registries live in :mod:`robustlab.attacks.registry`; each attack module registers its classes
+there, and importing the modules below (an explicit list, no scanning) registers them all.
+"""
 
-ATTACKS: Registry = Registry("attack")
-
-# Attack modules register on import; keep this list explicit.
-from robustlab.attacks.apgd import APGD, APGDCE, APGDDLR, APGDT  # noqa: E402
-from robustlab.attacks.autoattack import AutoAttack  # noqa: E402
-from robustlab.attacks.base import Attack, AttackResult  # noqa: E402
-from robustlab.attacks.beta import BETA  # noqa: E402
-from robustlab.attacks.cw import CarliniWagnerL2  # noqa: E402
-from robustlab.attacks.deepfool import DeepFool  # noqa: E402
-from robustlab.attacks.eot import EOT  # noqa: E402
-from robustlab.attacks.fab import FAB, FABT  # noqa: E402
-from robustlab.attacks.fmn import FMN  # noqa: E402
-from robustlab.attacks.md import MD  # noqa: E402
-from robustlab.attacks.objectives import OBJECTIVES  # noqa: E402
-from robustlab.attacks.pgd import FGSM, PGD  # noqa: E402
-from robustlab.attacks.square import Square  # noqa: E402
-from robustlab.attacks.transfer import Transfer, transfer_attack  # noqa: E402
+from robustlab.attacks.apgd import APGD, APGDCE, APGDDLR, APGDT
+from robustlab.attacks.autoattack import AutoAttack
+from robustlab.attacks.base import Attack, AttackResult
+from robustlab.attacks.beta import BETA
+from robustlab.attacks.cw import CarliniWagnerL2
+from robustlab.attacks.deepfool import DeepFool
+from robustlab.attacks.eot import EOT
+from robustlab.attacks.fab import FAB, FABT
+from robustlab.attacks.fmn import FMN
+from robustlab.attacks.md import MD
+from robustlab.attacks.pgd import FGSM, PGD
+from robustlab.attacks.registry import ATTACKS, OBJECTIVES
+from robustlab.attacks.square import Square
+from robustlab.attacks.transfer import Transfer, transfer_attack
 
 
 def build_attack(name: str, threat, **kwargs) -> Attack:

@@ -26,13 +26,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks import ATTACKS
 from robustlab.attacks.base import Attack
 from robustlab.attacks.l1_box import project_l1_box, sparse_l1_direction
 from robustlab.attacks.objectives import Objective
-from robustlab.errors import RobustlabError
-from robustlab.threat import Threat
-from robustlab.validation import check_int, check_positive
+from robustlab.attacks.params import fixed, flag, fraction, integer, param, positive
+from robustlab.attacks.registry import ATTACKS
 
 
 def apgd_checkpoints(steps: int, norm: str = "linf") -> list[int]:
@@ -59,30 +57,16 @@ class APGD(Attack):
     default_loss = "ce"
     supports_eot = True
 
-    def __init__(
-        self,
-        threat: Threat | str = "linf:0.3",
-        *,
-        steps: int = 100,
-        restarts: int = 1,
-        loss: str | Objective | None = None,
-        targeted: bool = False,
-        rho: float = 0.75,
-        momentum: float = 0.75,
-        early_stop: bool = True,
-        l1_topk: float = 0.2,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(
-            threat, loss=loss or self.default_loss, targeted=targeted, restarts=restarts, seed=seed
-        )
-        self.steps = check_int(steps, "steps")
-        self.rho = check_positive(rho, "rho")
-        self.momentum = check_positive(momentum, "momentum")
-        if self.momentum > 1:
-            raise RobustlabError(f"momentum must be in (0, 1], got {momentum!r}.")
-        self.early_stop = bool(early_stop)
-        self.l1_topk = check_positive(l1_topk, "l1_topk")
+    threat = param("linf:0.3")
+    steps: int = param(100, integer)
+    rho: float = param(0.75, positive)
+    momentum: float = param(0.75, fraction)
+    early_stop: bool = param(True, flag)
+    l1_topk: float = param(0.2, positive)
+    loss: str | Objective | None = param(None)  # None: the class's default_loss
+    seed: int | None = param(0)
+
+    def _check_params(self) -> None:
         #: with ``record_trace = True`` the best objective per point after each iteration,
         #: (steps + 1, N) of the last :meth:`perturb` call (used by the attack-failure checks)
         self.record_trace = False
@@ -104,12 +88,7 @@ class APGD(Attack):
         return self.apgd(model, x, y, target, generator)
 
     def apgd(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        generator: torch.Generator | None,
+        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, generator
     ) -> Tensor:
         """One APGD run from a random start; returns the first adversarial point found for each
         sample, or its highest-objective point."""
@@ -206,25 +185,8 @@ class APGDT(APGD):
     name = "apgd-t"
     default_loss = "dlr"
 
-    def __init__(
-        self,
-        threat: Threat | str = "linf:0.3",
-        *,
-        n_targets: int = 9,
-        steps: int = 100,
-        restarts: int = 1,
-        loss: str | Objective | None = None,
-        rho: float = 0.75,
-        momentum: float = 0.75,
-        early_stop: bool = True,
-        l1_topk: float = 0.2,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(
-            threat, steps=steps, restarts=restarts, loss=loss, rho=rho, momentum=momentum,
-            early_stop=early_stop, l1_topk=l1_topk, seed=seed,
-        )  # fmt: skip
-        self.n_targets = check_int(n_targets, "n_targets")
+    n_targets: int = param(9, integer)
+    targeted = fixed(False)
 
     def perturb(self, model, x, y, target, generator):
         return self.attack_over_targets(

@@ -27,13 +27,14 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from robustlab.attacks import ATTACKS
 from robustlab.attacks.base import Attack, AttackResult, check_containment
+from robustlab.attacks.best import BestPoints
 from robustlab.attacks.objectives import adversarial_score, is_adversarial
+from robustlab.attacks.params import fixed, param
+from robustlab.attacks.registry import ATTACKS
 from robustlab.errors import RobustlabError
 from robustlab.runtime.fastpaths import FastPathGuard
 from robustlab.runtime.modes import eval_mode
-from robustlab.threat import Threat
 from robustlab.validation import check_inputs, check_labels
 
 AttackSpec = tuple[str, dict[str, Any]]
@@ -81,16 +82,19 @@ class AutoAttack(Attack):
 
     name = "autoattack"
 
-    def __init__(
-        self,
-        threat: Threat | str = "linf:0.3",
-        *,
-        version: str = "standard",
-        attacks: Sequence[str | AttackSpec | Attack] | None = None,
-        attack_args: dict[str, dict[str, Any]] | None = None,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(threat, seed=seed)
+    threat = param("linf:0.3")
+    version: str = param("standard")
+    #: the attacks (``version="custom"``): names, ``(name, kwargs)`` or :class:`Attack` objects;
+    #: after ``__init__`` the ``(label, attack)`` pairs run in order
+    attacks: Sequence[str | AttackSpec | Attack] | None = param(None)
+    attack_args: dict[str, dict[str, Any]] | None = param(None)
+    loss = fixed("ce")
+    targeted = fixed(False)
+    restarts = fixed(1)
+    seed: int | None = param(0)
+
+    def _check_params(self) -> None:
+        version, attacks = self.version, self.attacks
         if version not in VERSIONS:
             raise RobustlabError(
                 f"Unknown AutoAttack version '{version}'; known: {', '.join(VERSIONS)}."
@@ -102,17 +106,17 @@ class AutoAttack(Attack):
         )
         if not specs:
             raise RobustlabError("AutoAttack needs at least one attack.")
-        attack_args = attack_args or {}
-        self.version = version
-        self.attacks: list[tuple[str, Attack]] = []
+        attack_args = self.attack_args or {}
+        built: list[tuple[str, Attack]] = []
         for spec in specs:
             if isinstance(spec, Attack):
-                self.attacks.append((spec.name, spec))
+                built.append((spec.name, spec))
                 continue
             name, kwargs = (spec, {}) if isinstance(spec, str) else spec
             kwargs = {**kwargs, **attack_args.get(name, {})}
-            attack = ATTACKS.build(name, threat=self.threat, seed=seed, **kwargs)
-            self.attacks.append((_label(name, kwargs), attack))
+            attack = ATTACKS.build(name, threat=self.threat, seed=self.seed, **kwargs)
+            built.append((_label(name, kwargs), attack))
+        self.attacks = built
 
     def config(self) -> dict[str, Any]:
         return {
@@ -138,11 +142,9 @@ class AutoAttack(Attack):
             logits = self._predict(model, x)
             check_labels(y, x.shape[0], num_classes=logits.shape[1])
             clean_correct = logits.argmax(1) == y
-            broken = ~clean_correct
-            best = adversarial_score(logits, y)
-            x_adv = x.clone()
+            best = BestPoints(x, adversarial_score(logits, y), ~clean_correct)
             for label, attack in self.attacks:
-                todo = (~broken).nonzero().squeeze(1)
+                todo = best.remaining()
                 entry = {"attack": label, "points_in": int(todo.numel()), "time_s": 0.0}
                 if todo.numel() > 0:
                     t0 = time.perf_counter()
@@ -153,15 +155,13 @@ class AutoAttack(Attack):
                     cand_logits = self._predict(model, cand)
                     hit = is_adversarial(cand_logits, y[todo])
                     score = adversarial_score(cand_logits, y[todo])
-                    better = hit | (score > best[todo])
-                    x_adv[todo[better]] = cand[better]
-                    best[todo[better]] = score[better]
-                    broken[todo[hit]] = True
+                    best.offer(todo, cand, score, hit, prefer_done=True)  # a hit is always kept
                     entry["time_s"] = time.perf_counter() - t0
                     entry["forward_passes"] = res.forward_passes
                     self.forward_passes += res.forward_passes
-                entry["points_out"] = int((~broken).sum())
+                entry["points_out"] = int((~best.done).sum())
                 stats.append(entry)
+        x_adv, broken = best.x, best.done
         check_containment(self.name, x_adv, x, self.threat)
         return AttackResult(
             x_adv=x_adv,

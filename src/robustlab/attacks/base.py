@@ -16,7 +16,8 @@ The base class owns what every attack needs:
 - containment: every returned point lies in the threat ball (float tolerance of
   :meth:`Threat.contains`) and in [0, 1], or the run raises :class:`AttackContainmentError`.
 
-Subclasses implement :meth:`Attack.perturb` on the batch of points to attack.
+Subclasses declare their hyper-parameters as class fields (:mod:`robustlab.attacks.params`) and
+implement :meth:`Attack.perturb` on the batch of points to attack.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from robustlab.attacks.best import BestPoints
 from robustlab.attacks.geometry import check_norm, perturbation_norms
-from robustlab.attacks.objectives import OBJECTIVES, Objective, adversarial_score, is_adversarial
+from robustlab.attacks.objectives import Objective, adversarial_score, is_adversarial
+from robustlab.attacks.params import declared_init, declares_params
+from robustlab.attacks.registry import OBJECTIVES
 from robustlab.errors import RobustlabError
 from robustlab.runtime.fastpaths import FastPathGuard, FastPaths
 from robustlab.runtime.modes import eval_mode
@@ -103,7 +107,8 @@ class AttackResult:
 
 
 class Attack(ABC):
-    """Base class: subclasses set ``name`` and implement :meth:`perturb`."""
+    """Base class: subclasses set ``name``, declare their parameters (``steps = param(40,
+    integer)``, see :mod:`robustlab.attacks.params`) and implement :meth:`perturb`."""
 
     name: ClassVar[str] = "attack"
     #: minimal-norm attacks search for the smallest perturbation instead of staying in a ball
@@ -117,16 +122,30 @@ class Attack(ABC):
     default_norm: ClassVar[str | None] = None
     #: norms a minimal-norm attack can minimise (``norm=``)
     supported_norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1")
+    #: the objective of ``loss=None``
+    default_loss: ClassVar[str] = "ce"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass that declares parameters gets the ``__init__`` built from them (a ball
+        attack takes its norm from the threat: no ``norm=`` unless it declares one)."""
+        super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls) or not declares_params(cls):
+            return
+        bases = cls.__mro__[1 : cls.__mro__.index(Attack)]
+        inits = [vars(k)["__init__"] for k in bases if "__init__" in vars(k)]
+        if any(not getattr(init, "declared", False) for init in inits):
+            raise TypeError(f"{cls.__name__} declares parameters below a hand-written __init__.")
+        cls.__init__ = declared_init(cls, Attack, () if cls.minimal_norm else ("norm",))
 
     def __init__(
         self,
         threat: Threat | str | None,
         *,
-        loss: str | Objective = "ce",
+        norm: str | None = None,
+        loss: str | Objective | None = "ce",
         targeted: bool = False,
         restarts: int = 1,
         seed: int | None = None,
-        norm: str | None = None,
     ) -> None:
         self.threat = Threat.parse(threat) if threat is not None else None
         if self.threat is None and not self.minimal_norm:
@@ -147,6 +166,7 @@ class Attack(ABC):
             raise RobustlabError(
                 f"{self.name}: norm={norm!r} contradicts the threat {self.threat}; give one of them."
             )
+        loss = self.default_loss if loss is None else loss
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
         self.objective: Objective = OBJECTIVES.get(loss) if isinstance(loss, str) else loss
         self.targeted = bool(targeted)
@@ -182,12 +202,10 @@ class Attack(ABC):
             check_labels(y, x.shape[0], num_classes=logits.shape[1])
             clean_correct = logits.argmax(1) == y
             initial = is_adversarial(logits, y, target)
-            done = initial.clone()
-            best_score = self._score(x, x, logits, y, target)
-            x_adv = x.clone()
+            best = BestPoints(x, self._score(x, x, logits, y, target), initial.clone())
             for restart in range(self.restarts):
                 self._restart = restart
-                todo = (~(initial if self.minimal_norm else done)).nonzero().squeeze(1)
+                todo = (~initial).nonzero().squeeze(1) if self.minimal_norm else best.remaining()
                 if todo.numel() == 0:
                     break
                 t = target[todo] if target is not None else None
@@ -195,14 +213,12 @@ class Attack(ABC):
                     candidate = self.perturb(model, x[todo], y[todo], t, generator).detach()
                 cand_logits = self._predict(model, candidate)
                 score = self._score(candidate, x[todo], cand_logits, y[todo], t)
-                better = score > best_score[todo]
-                x_adv[todo[better]] = candidate[better]
-                best_score[todo[better]] = score[better]
-                done[todo] |= is_adversarial(cand_logits, y[todo], t)
+                best.offer(todo, candidate, score, is_adversarial(cand_logits, y[todo], t))
+        x_adv, done = best.x, best.done
         extras: dict[str, Any] = {}
         if self.minimal_norm:
             # the smallest adversarial norm found (0: clean error, inf: attack failed)
-            extras["minimal_norms"] = -best_score
+            extras["minimal_norms"] = -best.score
             if self.threat is not None:  # success only within eps; outside, x_adv falls back to x
                 outside = done & ~self.threat.contains(x_adv, x)
                 x_adv[outside] = x[outside]
@@ -339,20 +355,18 @@ class Attack(ABC):
         """
         logits = self._predict(model, x)
         targets = top_k_targets(logits, y, n_targets)
-        x_best = x.clone()
-        best = adversarial_score(logits, y)
-        todo = (~is_adversarial(logits, y)).nonzero().squeeze(1)
+        best = BestPoints(x, adversarial_score(logits, y), is_adversarial(logits, y))
         for r in range(targets.shape[1]):
+            todo = best.remaining()
             if todo.numel() == 0:
                 break
             cand = attack_target(x[todo], y[todo], targets[todo, r]).detach()
             cand_logits = self._predict(model, cand)
-            score = adversarial_score(cand_logits, y[todo])
-            better = score > best[todo]
-            x_best[todo[better]] = cand[better]
-            best[todo[better]] = score[better]
-            todo = todo[~is_adversarial(cand_logits, y[todo])]
-        return x_best
+            yt = y[todo]
+            best.offer(
+                todo, cand, adversarial_score(cand_logits, yt), is_adversarial(cand_logits, yt)
+            )
+        return best.x
 
     def _generator(self, device: torch.device) -> torch.Generator | None:
         if self.seed is None:

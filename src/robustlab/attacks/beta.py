@@ -25,12 +25,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from robustlab.attacks import ATTACKS
 from robustlab.attacks.ascent import projected_ascent
 from robustlab.attacks.base import Attack, top_k_targets
 from robustlab.attacks.objectives import is_adversarial
-from robustlab.threat import Threat
-from robustlab.validation import check_int, check_positive
+from robustlab.attacks.params import fixed, flag, integer, optional, param, positive
+from robustlab.attacks.registry import ATTACKS
 
 
 @ATTACKS.register("beta")
@@ -41,31 +40,18 @@ class BETA(Attack):
     name = "beta"
     supports_eot = True
 
-    def __init__(
-        self,
-        threat: Threat | str = "linf:0.3",
-        *,
-        steps: int = 40,
-        step_size: float | None = None,
-        n_targets: int | None = None,
-        restarts: int = 1,
-        targeted: bool = False,
-        early_stop: bool = True,
-        keep_adversarial: bool = True,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(
-            threat, loss="target-margin", targeted=targeted, restarts=restarts, seed=seed
-        )
-        self.steps = check_int(steps, "steps")
-        self.step_size = (
-            check_positive(step_size, "step_size")
-            if step_size is not None
-            else 2.5 * self.threat.eps / self.steps
-        )
-        self.n_targets = None if n_targets is None else check_int(n_targets, "n_targets")
-        self.early_stop = bool(early_stop)
-        self.keep_adversarial = bool(keep_adversarial)
+    threat = param("linf:0.3")
+    steps: int = param(40, integer)
+    step_size: float | None = param(None, optional(positive))
+    n_targets: int | None = param(None, optional(integer))
+    early_stop: bool = param(True, flag)
+    keep_adversarial: bool = param(True, flag)
+    loss = fixed("target-margin")
+    seed: int | None = param(0)
+
+    def _check_params(self) -> None:
+        if self.step_size is None:
+            self.step_size = 2.5 * self.threat.eps / self.steps
 
     def perturb(self, model, x, y, target, generator):
         logits = self._predict(model, x)

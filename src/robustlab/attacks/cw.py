@@ -18,13 +18,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
 
-from robustlab.attacks import ATTACKS
 from robustlab.attacks.base import Attack, minimal_norm_score
 from robustlab.attacks.objectives import is_adversarial, margin_objective
-from robustlab.threat import Threat
-from robustlab.validation import check_int, check_positive
+from robustlab.attacks.params import fixed, flag, integer, nonnegative, param, positive
+from robustlab.attacks.registry import ATTACKS
 
 _TANH_SHRINK = 1 - 1e-6  # keeps atanh finite at pixels exactly 0 or 1
 
@@ -38,41 +36,17 @@ class CarliniWagnerL2(Attack):
     default_norm = "l2"
     supported_norms = ("l2",)
 
-    def __init__(
-        self,
-        threat: Threat | str | None = None,
-        *,
-        norm: str | None = None,
-        steps: int = 1000,
-        binary_search_steps: int = 9,
-        lr: float = 0.01,
-        initial_const: float = 1e-3,
-        confidence: float = 0.0,
-        abort_early: bool = True,
-        targeted: bool = False,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(
-            threat,
-            targeted=targeted,
-            seed=seed,
-            norm=norm,
-        )
-        self.steps = check_int(steps, "steps")
-        self.binary_search_steps = check_int(binary_search_steps, "binary_search_steps")
-        self.lr = check_positive(lr, "lr")
-        self.initial_const = check_positive(initial_const, "initial_const")
-        self.confidence = check_positive(confidence, "confidence", allow_zero=True)
-        self.abort_early = bool(abort_early)
+    threat = param(None)
+    steps: int = param(1000, integer)
+    binary_search_steps: int = param(9, integer)
+    lr: float = param(0.01, positive)
+    initial_const: float = param(1e-3, positive)
+    confidence: float = param(0.0, nonnegative)
+    abort_early: bool = param(True, flag)
+    loss = fixed("ce")
+    restarts = fixed(1)
 
-    def perturb(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
+    def perturb(self, model, x, y, target, generator):
         n = x.shape[0]
         w_start = torch.atanh((2 * x - 1) * _TANH_SHRINK)
         const = torch.full((n,), self.initial_const, device=x.device, dtype=x.dtype)

@@ -15,15 +15,15 @@ the paper is ``rho_adv = mean ||r|| / ||x||`` (Eq. 15), :func:`rho_adv`.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from robustlab.attacks import ATTACKS
 from robustlab.attacks.base import Attack, AttackResult, top_k_targets
 from robustlab.attacks.geometry import perturbation_norms, project_hyperplane
 from robustlab.attacks.linearize import class_gradients, closest_boundary
 from robustlab.attacks.objectives import is_adversarial
-from robustlab.threat import Threat
-from robustlab.validation import check_int, check_positive
+from robustlab.attacks.params import fixed, integer, nonnegative, param
+from robustlab.attacks.registry import ATTACKS
+from robustlab.validation import check_int
 
 _SLACK = 1e-4
 
@@ -37,6 +37,10 @@ def rho_adv(result: AttackResult, x: Tensor, norm: str = "l2") -> float:
     return float(ratio.mean())
 
 
+def _at_least_two(value: int, name: str) -> int:
+    return check_int(value, name, minimum=2)
+
+
 @ATTACKS.register("deepfool")
 class DeepFool(Attack):
     """DeepFool: minimal L2/Linf perturbation by iterative linearisation (Moosavi-Dezfooli 2016)."""
@@ -46,36 +50,20 @@ class DeepFool(Attack):
     default_norm = "l2"
     supported_norms = ("l2", "linf")
 
-    def __init__(
-        self,
-        threat: Threat | str | None = None,
-        *,
-        norm: str | None = None,
-        steps: int = 50,
-        overshoot: float = 0.02,
-        candidates: int = 10,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(threat, seed=seed, norm=norm)
-        self.steps = check_int(steps, "steps")
-        self.overshoot = check_positive(overshoot, "overshoot", allow_zero=True)
-        self.candidates = check_int(candidates, "candidates", minimum=2)
+    threat = param(None)
+    steps: int = param(50, integer)
+    overshoot: float = param(0.02, nonnegative)
+    candidates: int = param(10, _at_least_two)
+    loss = fixed("ce")
+    targeted = fixed(False)
+    restarts = fixed(1)
 
-    def run(
-        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None
-    ) -> AttackResult:
+    def run(self, model, x, y, target=None) -> AttackResult:
         result = super().run(model, x, y, target)
         result.extras["rho_adv"] = rho_adv(result, x, self.norm)
         return result
 
-    def perturb(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
+    def perturb(self, model, x, y, target, generator):
         def forward(z: Tensor) -> Tensor:
             return self._forward(model, z)
 

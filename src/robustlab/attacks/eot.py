@@ -16,8 +16,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from robustlab.attacks import ATTACKS
 from robustlab.attacks.base import Attack, AttackResult
+from robustlab.attacks.registry import ATTACKS
 from robustlab.errors import RobustlabError
 from robustlab.threat import Threat
 from robustlab.validation import check_int

@@ -24,13 +24,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks import ATTACKS
 from robustlab.attacks.base import Attack, minimal_norm_score, top_k_targets
+from robustlab.attacks.best import BestPoints
 from robustlab.attacks.geometry import perturbation_norms, project_hyperplane
 from robustlab.attacks.linearize import class_gradients, closest_boundary
 from robustlab.attacks.objectives import is_adversarial
-from robustlab.threat import Threat
-from robustlab.validation import check_int, check_positive
+from robustlab.attacks.params import fixed, integer, nonnegative, param, positive
+from robustlab.attacks.registry import ATTACKS
 
 
 def _bcast(v: Tensor, like: Tensor) -> Tensor:
@@ -45,39 +45,14 @@ class FAB(Attack):
     minimal_norm = True
     default_norm = "linf"
 
-    def __init__(
-        self,
-        threat: Threat | str | None = None,
-        *,
-        norm: str | None = None,
-        steps: int = 100,
-        eta: float = 1.05,
-        beta: float = 0.9,
-        alpha_max: float = 0.1,
-        restarts: int = 1,
-        targeted: bool = False,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(
-            threat,
-            targeted=targeted,
-            restarts=restarts,
-            seed=seed,
-            norm=norm,
-        )
-        self.steps = check_int(steps, "steps")
-        self.eta = check_positive(eta, "eta")
-        self.beta = check_positive(beta, "beta")
-        self.alpha_max = check_positive(alpha_max, "alpha_max", allow_zero=True)
+    threat = param(None)
+    steps: int = param(100, integer)
+    eta: float = param(1.05, positive)
+    beta: float = param(0.9, positive)
+    alpha_max: float = param(0.1, nonnegative)
+    loss = fixed("ce")
 
-    def perturb(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
+    def perturb(self, model, x, y, target, generator):
         return self.descend(model, x, y, target, target, generator)[0]
 
     def descend(
@@ -154,51 +129,20 @@ class FABT(FAB):
 
     name = "fab-t"
 
-    def __init__(
-        self,
-        threat: Threat | str | None = None,
-        *,
-        norm: str | None = None,
-        n_target_classes: int = 9,
-        steps: int = 100,
-        eta: float = 1.05,
-        beta: float = 0.9,
-        alpha_max: float = 0.1,
-        restarts: int = 1,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(
-            threat,
-            norm=norm,
-            steps=steps,
-            eta=eta,
-            beta=beta,
-            alpha_max=alpha_max,
-            restarts=restarts,
-            seed=seed,
-        )
-        self.n_target_classes = check_int(n_target_classes, "n_target_classes")
+    n_target_classes: int = param(9, integer)
+    targeted = fixed(False)
 
-    def perturb(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
+    def perturb(self, model, x, y, target, generator):
         targets = top_k_targets(self._predict(model, x), y, self.n_target_classes)
-        best = x.clone()
-        best_score = torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
+        best = BestPoints(
+            x, torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
+        )
         for k in range(targets.shape[1]):
-            todo = torch.ones_like(y, dtype=torch.bool)
-            if self.threat is not None:  # already broken within eps: nothing left to gain
-                todo = best_score < -self.threat.eps
-            idx = todo.nonzero().squeeze(1)
-            if idx.numel() == 0:
+            todo = best.remaining()
+            if todo.numel() == 0:
                 break
-            cand, score = self.descend(model, x[idx], y[idx], targets[idx, k], None, generator)
-            better = score > best_score[idx]
-            best[idx[better]] = cand[better]
-            best_score[idx[better]] = score[better]
-        return best
+            cand, score = self.descend(model, x[todo], y[todo], targets[todo, k], None, generator)
+            # a point broken within eps is done: nothing left to gain
+            within = score >= -self.threat.eps if self.threat is not None else None
+            best.offer(todo, cand, score, within)
+        return best.x

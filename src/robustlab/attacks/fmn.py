@@ -27,14 +27,13 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from robustlab.attacks import ATTACKS
 from robustlab.attacks.base import Attack, minimal_norm_score
 from robustlab.attacks.geometry import dual_norm, perturbation_norms, project_ball
 from robustlab.attacks.objectives import is_adversarial, margin_objective
-from robustlab.threat import Threat
-from robustlab.validation import check_int, check_positive
+from robustlab.attacks.params import fixed, flag, integer, nonnegative, optional, param, positive
+from robustlab.attacks.registry import ATTACKS
 
 
 @ATTACKS.register("fmn")
@@ -47,46 +46,22 @@ class FMN(Attack):
     supports_eot = True
     supported_norms = ("linf", "l2", "l1", "l0")
 
-    def __init__(
-        self,
-        threat: Threat | str | None = None,
-        *,
-        norm: str | None = None,
-        steps: int = 100,
-        alpha_init: float = 1.0,
-        alpha_final: float | None = None,
-        gamma_init: float = 0.05,
-        gamma_final: float = 0.001,
-        paper_radius: bool = False,
-        targeted: bool = False,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(
-            threat,
-            targeted=targeted,
-            seed=seed,
-            norm=norm,
-        )
-        self.steps = check_int(steps, "steps")
-        self.alpha_init = check_positive(alpha_init, "alpha_init")
-        self.alpha_final = (
-            check_positive(alpha_final, "alpha_final")
-            if alpha_final is not None
-            else self.alpha_init / 100
-        )
-        self.gamma_init = check_positive(gamma_init, "gamma_init")
-        self.gamma_final = check_positive(gamma_final, "gamma_final", allow_zero=True)
-        #: True: Alg. 1's radius before the first adversarial point (the linear estimate alone)
-        self.paper_radius = bool(paper_radius)
+    threat = param(None)
+    steps: int = param(100, integer)
+    alpha_init: float = param(1.0, positive)
+    alpha_final: float | None = param(None, optional(positive))  # None: alpha_init / 100
+    gamma_init: float = param(0.05, positive)
+    gamma_final: float = param(0.001, nonnegative)
+    #: True: Alg. 1's radius before the first adversarial point (the linear estimate alone)
+    paper_radius: bool = param(False, flag)
+    loss = fixed("ce")
+    restarts = fixed(1)
 
-    def perturb(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
+    def _check_params(self) -> None:
+        if self.alpha_final is None:
+            self.alpha_final = self.alpha_init / 100
+
+    def perturb(self, model, x, y, target, generator):
         n = x.shape[0]
         delta = torch.zeros_like(x)
         largest = perturbation_norms(torch.maximum(x, 1 - x), self.norm)

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import math
 
-from robustlab.attacks import ATTACKS
 from robustlab.attacks.ascent import projected_ascent
 from robustlab.attacks.base import Attack
-from robustlab.attacks.objectives import OBJECTIVES
+from robustlab.attacks.params import fixed, integer, optional, param
+from robustlab.attacks.registry import ATTACKS, OBJECTIVES
 from robustlab.errors import RobustlabError
-from robustlab.threat import Threat
-from robustlab.validation import check_int
 
 MD_TERMS = ("neg-true-logit", "max-other-logit")
 
@@ -31,25 +29,19 @@ class MD(Attack):
     name = "md"
     supports_eot = True
 
-    def __init__(
-        self,
-        threat: Threat | str = "linf:0.3",
-        *,
-        steps: int = 100,
-        stage1_steps: int | None = None,
-        restarts: int = 2,
-        n_targets: int | None = None,
-        targeted: bool = False,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(threat, loss="margin", targeted=targeted, restarts=restarts, seed=seed)
-        self.steps = check_int(steps, "steps")
-        self.stage1_steps = steps // 5 if stage1_steps is None else int(stage1_steps)
+    threat = param("linf:0.3")
+    steps: int = param(100, integer)
+    stage1_steps: int | None = param(None)  # None: steps // 5
+    n_targets: int | None = param(None, optional(integer))
+    loss = fixed("margin")
+    restarts: int = param(2)
+    seed: int | None = param(0)
+
+    def _check_params(self) -> None:
+        given = self.stage1_steps
+        self.stage1_steps = self.steps // 5 if given is None else int(given)
         if not 0 <= self.stage1_steps <= self.steps:
-            raise RobustlabError(
-                f"stage1_steps must be in [0, steps={steps}], got {stage1_steps!r}."
-            )
-        self.n_targets = None if n_targets is None else check_int(n_targets, "n_targets")
+            raise RobustlabError(f"stage1_steps must be in [0, steps={self.steps}], got {given!r}.")
 
     def _step_size(self, k: int) -> float:
         """Cosine annealing from ``2 eps`` to 0 over the steps."""

@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from robustlab.attacks.registry import OBJECTIVES
 from robustlab.errors import RobustlabError
-from robustlab.registry import Registry
 
 Objective = Callable[[Tensor, Tensor, Tensor | None], Tensor]
-OBJECTIVES: Registry[Objective] = Registry("attack loss")
 
 
 def other_max(logits: Tensor, cls: Tensor) -> Tensor:

@@ -16,11 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks import ATTACKS
 from robustlab.attacks.base import Attack
-from robustlab.attacks.objectives import Objective, is_adversarial
-from robustlab.threat import Threat
-from robustlab.validation import check_int, check_positive
+from robustlab.attacks.objectives import is_adversarial
+from robustlab.attacks.params import fixed, flag, integer, optional, param, positive, real
+from robustlab.attacks.registry import ATTACKS
 
 
 @ATTACKS.register("pgd")
@@ -30,31 +29,20 @@ class PGD(Attack):
     name = "pgd"
     supports_eot = True
 
-    def __init__(
-        self,
-        threat: Threat | str = "linf:0.3",
-        *,
-        steps: int = 40,
-        step_size: float | None = None,
-        random_start: bool = True,
-        restarts: int = 1,
-        loss: str | Objective = "ce",
-        targeted: bool = False,
-        early_stop: bool = True,
-        l1_sparsity: float = 0.95,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(threat, loss=loss, targeted=targeted, restarts=restarts, seed=seed)
-        self.steps = check_int(steps, "steps")
-        # Madry et al.'s rule of thumb: 2.5 * eps / steps lets a step sequence cross the ball.
-        self.step_size = (
-            check_positive(step_size, "step_size")
-            if step_size is not None
-            else 2.5 * self.threat.eps / self.steps
-        )
-        self.random_start = bool(random_start)
-        self.early_stop = bool(early_stop)
-        self.l1_sparsity = float(l1_sparsity)
+    threat = param("linf:0.3")
+    steps: int = param(40, integer)
+    step_size: float | None = param(None, optional(positive))
+    random_start: bool = param(True, flag)
+    early_stop: bool = param(True, flag)
+    l1_sparsity: float = param(0.95, real)
+
+    def _check_params(self) -> None:
+        if self.step_size is None:
+            self.step_size = self._default_step_size()
+
+    def _default_step_size(self) -> float:
+        """Madry et al.'s rule of thumb: 2.5 * eps / steps lets a step sequence cross the ball."""
+        return 2.5 * self.threat.eps / self.steps
 
     def gradient_step(
         self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, target: Tensor | None
@@ -65,14 +53,7 @@ class PGD(Attack):
         x_next = self.threat.project(x_adv + self.step_size * direction, x)
         return x_next, logits, objective
 
-    def perturb(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
+    def perturb(self, model, x, y, target, generator):
         x_adv = self.threat.random_init(x, generator) if self.random_start else x.clone()
         if self.threat.eps == 0:
             return x_adv
@@ -108,24 +89,11 @@ class FGSM(PGD):
 
     name = "fgsm"
 
-    def __init__(
-        self,
-        threat: Threat | str = "linf:0.3",
-        *,
-        step_size: float | None = None,
-        random_start: bool = False,
-        loss: str | Objective = "ce",
-        targeted: bool = False,
-        seed: int | None = None,
-    ) -> None:
-        threat = Threat.parse(threat)
-        super().__init__(
-            threat,
-            steps=1,
-            step_size=step_size if step_size is not None else max(threat.eps, 1e-12),
-            random_start=random_start,
-            loss=loss,
-            targeted=targeted,
-            early_stop=False,
-            seed=seed,
-        )
+    steps = fixed(1)
+    random_start: bool = param(False)
+    early_stop = fixed(False)
+    l1_sparsity = fixed(0.95)
+    restarts = fixed(1)
+
+    def _default_step_size(self) -> float:
+        return max(self.threat.eps, 1e-12)

@@ -25,14 +25,13 @@ import math
 import torch
 from torch import Tensor
 
-from robustlab.attacks import ATTACKS
 from robustlab.attacks.base import Attack
 from robustlab.attacks.incremental import IncrementalForward, window_index
 from robustlab.attacks.objectives import margin_objective
+from robustlab.attacks.params import fixed, flag, fraction, integer, param
+from robustlab.attacks.registry import ATTACKS
 from robustlab.errors import RobustlabError
 from robustlab.runtime.fastpaths import FELL_BACK, USED, plain_forward
-from robustlab.threat import Threat
-from robustlab.validation import check_int, check_positive
 
 _HALVINGS = (
     10,
@@ -95,29 +94,20 @@ class Square(Attack):
 
     name = "square"
 
-    def __init__(
-        self,
-        threat: Threat | str = "linf:0.3",
-        *,
-        queries: int = 5000,
-        p_init: float = 0.8,
-        restarts: int = 1,
-        targeted: bool = False,
-        seed: int | None = 0,
-        incremental: bool = True,
-    ) -> None:
-        super().__init__(threat, loss="margin", targeted=targeted, restarts=restarts, seed=seed)
+    threat = param("linf:0.3")
+    queries: int = param(5000, integer)
+    p_init: float = param(0.8, fraction)
+    #: Linf queries on a CNN recompute only the first block's outputs near the window
+    #: (``attacks/incremental.py``); False runs the whole model on every query
+    incremental: bool = param(True, flag)
+    loss = fixed("margin")
+    seed: int | None = param(0)
+
+    def _check_params(self) -> None:
         if self.threat.norm not in ("linf", "l2"):
             raise RobustlabError(
                 f"the Square attack supports the norms linf and l2, got {self.threat.norm}."
             )
-        self.queries = check_int(queries, "queries")
-        self.p_init = check_positive(p_init, "p_init")
-        if self.p_init > 1:
-            raise RobustlabError(f"p_init must be in (0, 1], got {p_init!r}.")
-        #: Linf queries on a CNN recompute only the first block's outputs near the window
-        #: (``attacks/incremental.py``); False runs the whole model on every query
-        self.incremental = bool(incremental)
 
     def _margin(self, logits: Tensor, y: Tensor, t: Tensor | None) -> tuple[Tensor, Tensor]:
         """Margin to minimise (``-margin_objective``) and the success mask of one query each."""

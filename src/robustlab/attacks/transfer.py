@@ -13,10 +13,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from robustlab.attacks import ATTACKS
 from robustlab.attacks.base import Attack, AttackResult
+from robustlab.attacks.params import fixed, param
+from robustlab.attacks.registry import ATTACKS
 from robustlab.runtime.modes import eval_mode
-from robustlab.threat import Threat
 
 
 @ATTACKS.register("transfer")
@@ -25,28 +25,26 @@ class Transfer(Attack):
 
     name = "transfer"
 
-    def __init__(
-        self,
-        threat: Threat | str = "linf:0.3",
-        *,
-        surrogate: nn.Module | str | Path,
-        attack: str | Attack = "apgd-ce",
-        attack_args: dict[str, Any] | None = None,
-        targeted: bool = False,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(threat, targeted=targeted, seed=seed)
-        if isinstance(surrogate, (str, Path)):
+    threat = param("linf:0.3")
+    #: the surrogate model, or the path of its checkpoint
+    surrogate: nn.Module | str | Path = param()
+    #: the white-box attack run on the surrogate: a registered name or an Attack
+    attack: str | Attack = param("apgd-ce")
+    attack_args: dict[str, Any] | None = param(None)
+    loss = fixed("ce")
+    restarts = fixed(1)
+    seed: int | None = param(0)
+
+    def _check_params(self) -> None:
+        if isinstance(self.surrogate, (str, Path)):
             from robustlab.models import load_model
 
-            surrogate = load_model(surrogate)[0]
-        self.surrogate = surrogate
-        if isinstance(attack, str):
-            kwargs = dict(attack_args or {})
-            if targeted:
+            self.surrogate = load_model(self.surrogate)[0]
+        if isinstance(self.attack, str):
+            kwargs = dict(self.attack_args or {})
+            if self.targeted:
                 kwargs["targeted"] = True
-            attack = ATTACKS.build(attack, threat=self.threat, seed=seed, **kwargs)
-        self.attack = attack
+            self.attack = ATTACKS.build(self.attack, threat=self.threat, seed=self.seed, **kwargs)
 
     def perturb(self, model, x, y, target, generator):
         device = x.device

@@ -4,7 +4,9 @@
   (Gowal et al. 2018), ``"crown-ibp"`` (Zhang et al. 2020) or ``"crown"`` (Zhang et al. 2018) for
   models built from Linear, Conv2d, ReLU, Flatten, BatchNorm, average pooling, Normalize and
   Residual layers (matched by exact type, no forward hooks, the compiled graph checked against
-  ``model(x)`` on every bounded batch), on Linf or L2 balls intersected with [0, 1];
+  ``model(x)`` on every bounded batch), on Linf or L2 balls intersected with [0, 1]; each layer
+  type is one operator class holding its forward, interval and linear-relaxation rules
+  (:mod:`robustlab.certify.operators`);
 * randomized smoothing -- :class:`SmoothedClassifier` (Cohen et al. 2019);
 * Lipschitz margins -- :class:`LipschitzCertifier`, :class:`LiResNetBlock`, the EMMA loss
   (Hu et al. 2023);

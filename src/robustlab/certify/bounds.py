@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from robustlab.certify.crown import MAX_ELEMENTS, crown, crown_ibp
 from robustlab.certify.ibp import elided, ibp
-from robustlab.certify.propagation import check_spec, setup
+from robustlab.certify.propagation import CompiledGraphs, check_spec, setup
 from robustlab.certify.spec import margin_spec
 from robustlab.errors import RobustlabError
 from robustlab.threat import Threat
@@ -45,6 +45,7 @@ def compute_bounds(
     tighten: bool = True,
     max_elements: int = MAX_ELEMENTS,
     logits: Tensor | None = None,
+    graphs: CompiledGraphs | None = None,
 ) -> Tensor:
     """Lower bounds (N, S) of ``C f(x')`` for all ``x'`` in the threat's ball around ``x``
     intersected with [0, 1].
@@ -57,10 +58,11 @@ def compute_bounds(
     The model is compiled and its graph checked against ``model(x)`` on this batch first (a
     custom ``forward``, a hook or an unknown layer is refused with one sentence, see
     :func:`~robustlab.certify.graph.verify_graph`); pass ``logits=model(x)`` when you have it to
-    save that forward.
+    save that forward, and one :class:`~robustlab.certify.propagation.CompiledGraphs` as
+    ``graphs`` to every batch of a model to compile it once (each batch is still checked).
     """
     method = check_method(method)
-    state = setup(model, x, threat, lower_slope, logits=logits)
+    state = setup(model, x, threat, lower_slope, logits=logits, graphs=graphs)
     if y is not None:
         if spec is not None:
             raise RobustlabError("pass either a specification C or labels y, not both.")

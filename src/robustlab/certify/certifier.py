@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from robustlab.certify.bounds import compute_bounds
 from robustlab.certify.crown import MAX_ELEMENTS
 from robustlab.certify.lipschitz import LipschitzCertifier, l2_radius
-from robustlab.certify.propagation import LOWER_SLOPES
+from robustlab.certify.propagation import LOWER_SLOPES, CompiledGraphs
+from robustlab.certify.registry import CERTIFIERS
 from robustlab.certify.smoothing import (
     ABSTAIN,
     SmoothedClassifier,
@@ -38,7 +39,6 @@ from robustlab.certify.spec import as_bound_threat, worst_margin
 from robustlab.errors import RobustlabError
 from robustlab.progress import progress_bar
 from robustlab.provenance import provenance
-from robustlab.registry import Registry
 from robustlab.runtime.devices import model_device
 from robustlab.runtime.modes import eval_mode
 from robustlab.threat import Threat
@@ -94,22 +94,29 @@ class Certifier(ABC):
         return {"method": self.name, "threat": str(self.threat), **self.options}
 
 
-CERTIFIERS: Registry[type[Certifier]] = Registry("certification method")
-
-
 class BoundCertifier(Certifier):
     """Margin lower bounds by bound propagation (see :mod:`robustlab.certify.bounds`)."""
 
     defaults: ClassVar[dict[str, Any]] = {}
 
+    def __init__(self, threat: Threat | str, **options: Any) -> None:
+        super().__init__(threat, **options)
+        self.graphs = CompiledGraphs()
+
     def check_threat(self, threat: Threat) -> Threat:
         return as_bound_threat(threat)
+
+    def prepare(self, model: nn.Module, input_shape: tuple[int, ...], num_classes: int,
+                seed: int | None) -> None:
+        """The model is compiled on the first batch and its graph reused for the others (each
+        batch still checks it against the model)."""
+        self.graphs = CompiledGraphs()
 
     def batch(self, model: nn.Module, x: Tensor, y: Tensor, bar: Progress,
               logits: Tensor | None = None) -> BatchCertificate:
         with torch.no_grad():
             bounds = compute_bounds(model, x, self.threat, y=y, method=self.name, logits=logits,
-                                    **self.options)
+                                    graphs=self.graphs, **self.options)
         low = worst_margin(bounds, y)
         return BatchCertificate(certified=low > 0, lower_bound=low)
 
@@ -295,8 +302,8 @@ def _as_data(data: Any) -> tuple[Tensor, Tensor, int | None, str]:
 def certify(
     model: nn.Module,
     data: Any,
-    method: str = "ibp",
-    threat: Threat | str = "linf:0.1",
+    method: str | Certifier = "ibp",
+    threat: Threat | str | None = None,
     *,
     batch_size: int = 256,
     device: str | torch.device | None = None,
@@ -307,13 +314,20 @@ def certify(
 ) -> CertificationResult:
     """Certify ``model`` on ``data`` (an :class:`~robustlab.data.ArrayDataset` or ``(x, y)``).
 
-    ``method`` is one of :data:`CERTIFIERS` (ibp, crown-ibp, crown, smoothing, lipschitz);
-    ``options`` are the method's own (e.g. ``sigma``, ``n0``, ``n``, ``alpha`` for smoothing;
-    ``max_elements`` for crown). ``device`` defaults to the model's; ``seed`` seeds the noise of
-    randomized smoothing.
+    ``method`` is one of :data:`CERTIFIERS` (ibp, crown-ibp, crown, smoothing, lipschitz), run at
+    ``threat`` (default ``linf:0.1``) with ``options``, the method's own (e.g. ``sigma``, ``n0``,
+    ``n``, ``alpha`` for smoothing; ``max_elements`` for crown); or a :class:`Certifier` already
+    built, which brings its threat and options. ``device`` defaults to the model's; ``seed`` seeds
+    the noise of randomized smoothing.
     """
-    cls = CERTIFIERS.get(method)
-    certifier = cls(threat, **options)
+    if isinstance(method, Certifier):
+        if options or (threat is not None and Threat.parse(threat) != method.threat):
+            raise RobustlabError(
+                "a built certifier brings its own threat and options; pass neither to certify()."
+            )
+        certifier = method
+    else:
+        certifier = CERTIFIERS.get(method)(threat if threat is not None else "linf:0.1", **options)
     check_int(batch_size, "batch_size")
     x_all, y_all, k, name = _as_data(data)
     check_inputs(x_all, f"{name} inputs")

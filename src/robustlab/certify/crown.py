@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from robustlab.certify.graph import ConvOp, LinearOp
+from robustlab.certify.operators import Operator
 from robustlab.certify.propagation import (
     BoundState,
     backward,
@@ -87,41 +87,12 @@ def refine_unstable(state: BoundState, k: int, max_elements: int = MAX_ELEMENTS)
     state.intervals[k] = (lo_flat.view_as(lo), hi_flat.view_as(hi))
 
 
-def unit_rows_through(op, ids: Tensor, in_shape: tuple[int, ...]) -> tuple[Tensor, Tensor] | None:
+def unit_rows_through(op: Operator, ids: Tensor, in_shape: tuple[int, ...]
+                      ) -> tuple[Tensor, Tensor] | None:
     """``(e_i^T W, e_i^T b)`` for the output neurons ``ids`` (B, R) of a Linear or Conv2d
     operation: coefficients (B, R, *in_shape) on its input and the bias (B, R). ``None`` for
-    other operations.
-
-    For a convolution, row ``(o, i, j)`` is kernel ``o`` placed at the window of output position
-    ``(i, j)``: its entries are scattered into a zero-padded canvas that is then cropped.
-    """
-    if isinstance(op, LinearOp):
-        w = op.weight
-        coef = w[ids]
-        bias = op.bias[ids] if op.bias is not None else coef.new_zeros(ids.shape)
-        return coef, bias
-    if not isinstance(op, ConvOp) or op.kind != "Conv2d":
-        return None
-    w = op.weight  # (C_out, C_in / groups, kh, kw)
-    c_out, cin_g, kh, kw = w.shape
-    c_in, h, wd = in_shape
-    _, h_out, w_out = op.out_shape
-    (sh, sw), (ph, pw), (dh, dw) = op.stride, op.padding, op.dilation
-    hp, wp = h + 2 * ph, wd + 2 * pw
-    o = ids // (h_out * w_out)
-    i = (ids // w_out) % h_out
-    j = ids % w_out
-    group = o // (c_out // op.groups)
-    base = (group * cin_g) * (hp * wp) + (i * sh) * wp + j * sw  # (B, R)
-    dev = ids.device
-    off = (torch.arange(cin_g, device=dev).view(-1, 1, 1) * (hp * wp)
-           + torch.arange(kh, device=dev).view(1, -1, 1) * (dh * wp)
-           + torch.arange(kw, device=dev).view(1, 1, -1) * dw).flatten()
-    canvas = w.new_zeros(*ids.shape, c_in * hp * wp)
-    canvas.scatter_(2, base.unsqueeze(-1) + off, w.flatten(1)[o])
-    coef = canvas.view(*ids.shape, c_in, hp, wp)[..., ph : ph + h, pw : pw + wd]
-    bias = op.bias[o] if op.bias is not None else coef.new_zeros(ids.shape)
-    return coef, bias
+    other operations (:meth:`~robustlab.certify.operators.Operator.unit_rows`)."""
+    return op.unit_rows(ids, in_shape)
 
 
 def crown_ibp_bounds(

@@ -1,20 +1,12 @@
-"""A model as a small graph of bound-propagation operations, and the proof that it is the model.
+"""A model as a small graph of bound-propagation operators, and the proof that it is the model.
 
 Bound methods (IBP, CROWN) do not trace the model: they walk its modules. :func:`compile_model`
 turns an ``nn.Sequential`` (nested freely) of supported layers into a topologically ordered list
-of :class:`Node` s, each holding one operation:
-
-* :class:`AffineOp` subclasses -- ``Linear``, ``Conv2d`` and average pooling (as a depthwise
-  convolution) are :class:`WeightOp` s; ``Normalize`` and ``BatchNorm`` (eval mode, or the clean
-  batch's statistics in training mode) are elementwise :class:`ScaleOp` s; ``Flatten`` is a
-  :class:`ReshapeOp`;
-* :class:`ReLUOp`;
-* :class:`AddOp` for the ``body(x) + shortcut(x)`` of :class:`~robustlab.models.layers.Residual`.
-
-Each affine operation knows its forward map, the map with ``|W|`` (interval radii) and ``W**2``
-(L2 row norms), its transpose (the backward step of linear bound propagation) and the bias term of
-a backward step. Operations reference the module's parameters, so bounds are differentiable with
-respect to the weights (certified training).
+of :class:`Node` s, each holding one operator of :mod:`robustlab.certify.operators` -- the class
+that :data:`~robustlab.certify.operators.OPERATORS` gives for the layer's exact type, holding the
+layer's forward map, its interval rule and its linear relaxation. Operators reference the
+module's parameters, so bounds are differentiable with respect to the weights (certified
+training).
 
 A bound is a bound of the graph, so the graph must be the model (the DESIGN contract "bounds the
 model the user gave"). Two checks make it so:
@@ -29,46 +21,24 @@ model the user gave"). Two checks make it so:
 
 from __future__ import annotations
 
-import math
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustlab.certify.liresnet import LiResNetBlock
+from robustlab.certify.operators import OPERATORS, BatchNormOp, Operator, Refused, Shape
+from robustlab.certify.operators import ConvOp as ConvOp  # re-exported
+from robustlab.certify.operators import WeightOp as WeightOp  # re-exported
 from robustlab.errors import RobustlabError
 from robustlab.models.factory import unwrap
-from robustlab.models.layers import Normalize, Residual
-from robustlab.models.shapes import pair
 
-Shape = tuple[int, ...]
+#: the classes bound propagation models: containers (``nn.Sequential``) and the layer types of
+#: :data:`~robustlab.certify.operators.OPERATORS`. Exact types only: a subclass -- even of
+#: ``nn.Sequential`` or ``nn.ReLU`` -- may override ``forward`` and compute something else.
+SUPPORTED_TYPES: tuple[type[nn.Module], ...] = (nn.Sequential, *OPERATORS)
 
 #: layers bound propagation models, matched by exact type (see :data:`SUPPORTED_TYPES`)
-SUPPORTED_LAYERS = (
-    "Sequential",
-    "Linear",
-    "Conv2d",
-    "ReLU",
-    "Flatten",
-    "Identity",
-    "BatchNorm1d",
-    "BatchNorm2d",
-    "AvgPool2d",
-    "AdaptiveAvgPool2d",
-    "Normalize",
-    "Residual",
-    "LiResNetBlock",
-)
-
-#: the classes behind :data:`SUPPORTED_LAYERS`. Exact types only: a subclass -- even of
-#: ``nn.Sequential`` or ``nn.ReLU`` -- may override ``forward`` and compute something else.
-#: ``LiResNetBlock`` is a ``Residual`` that only changes the construction.
-SUPPORTED_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Sequential, nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten, nn.Identity, nn.BatchNorm1d,
-    nn.BatchNorm2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, Normalize, Residual, LiResNetBlock,
-)  # fmt: skip
+SUPPORTED_LAYERS = tuple(t.__name__ for t in SUPPORTED_TYPES)
 
 #: per-module dictionaries of hooks that run code around ``forward`` (backward hooks do not
 #: change the values a forward returns)
@@ -155,256 +125,14 @@ def check_no_hooks(model: nn.Module) -> None:
             )
 
 
-def _flat_bs(a: Tensor, n_lead: int = 2) -> tuple[Tensor, tuple[int, ...]]:
-    """Merge the leading ``(B, S)`` dimensions of a backward coefficient tensor."""
-    lead = tuple(a.shape[:n_lead])
-    return a.reshape(-1, *a.shape[n_lead:]), lead
-
-
-# ----------------------------------------------------------------------------------- operations
-class Op:
-    """One operation of the graph."""
-
-    kind = "op"
-
-
-class AffineOp(Op, ABC):
-    """``y = L(x) + b`` for a linear map ``L``.
-
-    Subclasses implement :meth:`linear` (``L``), :meth:`linear_abs` (``|L|``, the map with
-    absolute weights), :meth:`linear_sq` (the map with squared weights), :meth:`transpose`
-    (``A -> A L`` for coefficients ``A`` of shape ``(B, S, *out_shape)``) and :meth:`bias_term`
-    (``A b`` summed over the output, shape ``(B, S)``).
-    """
-
-    #: a general (non-diagonal) linear map; elementwise maps and reshapes are not
-    mixing = True
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.add_bias(self.linear(x))
-
-    @abstractmethod
-    def linear(self, x: Tensor) -> Tensor:
-        """See the class docstring."""
-
-    @abstractmethod
-    def linear_abs(self, x: Tensor) -> Tensor:
-        """See the class docstring."""
-
-    @abstractmethod
-    def linear_sq(self, x: Tensor) -> Tensor:
-        """See the class docstring."""
-
-    def add_bias(self, y: Tensor) -> Tensor:
-        return y
-
-    @abstractmethod
-    def transpose(self, a: Tensor) -> Tensor:
-        """See the class docstring."""
-
-    def bias_term(self, a: Tensor) -> Tensor | None:
-        return None
-
-
-class WeightOp(AffineOp):
-    """Shared parts of ``Linear`` and ``Conv2d``: a weight tensor and an optional bias vector."""
-
-    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
-        self.weight = weight
-        self.bias = bias
-
-    def linear(self, x: Tensor) -> Tensor:
-        return self._apply(x, self.weight)
-
-    def linear_abs(self, x: Tensor) -> Tensor:
-        return self._apply(x, self.weight.abs())
-
-    def linear_sq(self, x: Tensor) -> Tensor:
-        return self._apply(x, self.weight.square())
-
-    @abstractmethod
-    def _apply(self, x: Tensor, weight: Tensor) -> Tensor:
-        """The layer's map with ``weight`` in place of its own (no bias)."""
-
-
-class LinearOp(WeightOp):
-    kind = "Linear"
-
-    def _apply(self, x: Tensor, weight: Tensor) -> Tensor:
-        return F.linear(x, weight)
-
-    def add_bias(self, y: Tensor) -> Tensor:
-        return y if self.bias is None else y + self.bias
-
-    def transpose(self, a: Tensor) -> Tensor:
-        return a @ self.weight
-
-    def bias_term(self, a: Tensor) -> Tensor | None:
-        return None if self.bias is None else a @ self.bias
-
-
-class ConvOp(WeightOp):
-    """2-D convolution (also average pooling, as a depthwise convolution with constant weights)."""
-
-    kind = "Conv2d"
-
-    def __init__(
-        self,
-        weight: Tensor,
-        bias: Tensor | None,
-        stride: tuple[int, int],
-        padding: tuple[int, int],
-        dilation: tuple[int, int],
-        groups: int,
-        in_shape: Shape,
-        out_shape: Shape,
-    ) -> None:
-        super().__init__(weight, bias)
-        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
-        self.in_shape, self.out_shape = in_shape, out_shape
-        # conv_transpose2d needs the output padding that restores the exact input size
-        k = weight.shape[-2:]
-        self.output_padding = tuple(
-            in_shape[1 + i]
-            - ((out_shape[1 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (k[i] - 1) + 1)
-            for i in range(2)
-        )
-
-    def _apply(self, x: Tensor, weight: Tensor) -> Tensor:
-        x, lead = _flat_bs(x, x.dim() - 3)
-        y = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
-        return y.reshape(*lead, *y.shape[1:])
-
-    def add_bias(self, y: Tensor) -> Tensor:
-        return y if self.bias is None else y + self.bias.view(-1, 1, 1)
-
-    def transpose(self, a: Tensor) -> Tensor:
-        flat, lead = _flat_bs(a)
-        if self.in_shape[0] <= 3 and self.groups == 1:
-            # few input channels (a first layer on images): a matrix product and F.fold is
-            # several times faster on CPU than conv_transpose2d with 1-3 output channels
-            w = self.weight
-            cols = torch.matmul(w.reshape(w.shape[0], -1).t(), flat.flatten(2))
-            out = F.fold(cols, self.in_shape[1:], w.shape[2:], self.dilation, self.padding,
-                         self.stride)
-        else:
-            out = F.conv_transpose2d(
-                flat, self.weight, None, self.stride, self.padding, self.output_padding,
-                self.groups, self.dilation,
-            )
-        return out.reshape(*lead, *out.shape[1:])
-
-    def bias_term(self, a: Tensor) -> Tensor | None:
-        if self.bias is None:
-            return None
-        return a.sum((-2, -1)) @ self.bias
-
-
-class ScaleOp(AffineOp):
-    """Elementwise ``y = x * scale + shift`` (Normalize, BatchNorm; ReLU patterns in M4).
-
-    ``scale`` and ``shift`` broadcast against one sample (shared), or have a leading batch
-    dimension (``per_sample=True``).
-    """
-
-    kind = "Scale"
-    mixing = False
-
-    def __init__(self, scale: Tensor, shift: Tensor | None, per_sample: bool = False) -> None:
-        self.scale, self.shift, self.per_sample = scale, shift, per_sample
-
-    def _b(self, t: Tensor) -> Tensor:
-        """Broadcast a parameter against (B, S, ...) coefficients."""
-        return t.unsqueeze(1) if self.per_sample else t
-
-    def linear(self, x: Tensor) -> Tensor:
-        return x * self.scale
-
-    def linear_abs(self, x: Tensor) -> Tensor:
-        return x * self.scale.abs()
-
-    def linear_sq(self, x: Tensor) -> Tensor:
-        return x * self.scale.square()
-
-    def add_bias(self, y: Tensor) -> Tensor:
-        return y if self.shift is None else y + self.shift
-
-    def transpose(self, a: Tensor) -> Tensor:
-        return a * self._b(self.scale)
-
-    def bias_term(self, a: Tensor) -> Tensor | None:
-        if self.shift is None:
-            return None
-        return (a * self._b(self.shift)).flatten(2).sum(-1)
-
-
-class BatchNormOp(ScaleOp):
-    """BatchNorm as an elementwise affine map.
-
-    In eval mode the running statistics define it. In training mode (or without running
-    statistics) it uses the batch statistics of the clean inputs, fixed by :meth:`set_batch`
-    before bounds are propagated, so every bound is a bound of one affine map.
-    """
-
-    kind = "BatchNorm"
-
-    def __init__(self, module: nn.modules.batchnorm._BatchNorm, shape: Shape) -> None:
-        self.module = module
-        self.view = (-1,) + (1,) * (len(shape) - 1)
-        self.batch_stats = module.training or module.running_mean is None
-        if self.batch_stats:
-            super().__init__(None, None)  # type: ignore[arg-type]  # set by set_batch
-        else:
-            super().__init__(*self._affine(module.running_mean, module.running_var))
-
-    def _affine(self, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
-        m = self.module
-        scale = torch.rsqrt(var + m.eps)
-        if m.weight is not None:
-            scale = scale * m.weight
-        shift = -mean * scale
-        if m.bias is not None:
-            shift = shift + m.bias
-        return scale.view(self.view), shift.view(self.view)
-
-    def set_batch(self, x: Tensor) -> None:
-        """Fix the affine map from the batch statistics of the clean inputs ``x`` (N, C, ...)."""
-        dims = [0] + list(range(2, x.dim()))
-        var, mean = torch.var_mean(x, dim=dims, unbiased=False)
-        self.scale, self.shift = self._affine(mean, var)
-
-
-class ReshapeOp(AffineOp):
-    kind = "Flatten"
-    mixing = False
-
-    def __init__(self, in_shape: Shape, out_shape: Shape) -> None:
-        self.in_shape, self.out_shape = in_shape, out_shape
-
-    def linear(self, x: Tensor) -> Tensor:
-        return x.reshape(*x.shape[: x.dim() - len(self.in_shape)], *self.out_shape)
-
-    linear_abs = linear
-    linear_sq = linear
-
-    def transpose(self, a: Tensor) -> Tensor:
-        return a.reshape(*a.shape[: a.dim() - len(self.out_shape)], *self.in_shape)
-
-
-class ReLUOp(Op):
-    kind = "ReLU"
-
-
-class AddOp(Op):
-    kind = "Add"
 
 
 # ----------------------------------------------------------------------------------- the graph
 @dataclass
 class Node:
-    """An operation, the indices of its input nodes, its per-sample output shape, its name."""
+    """An operator, the indices of its input nodes, its per-sample output shape, its name."""
 
-    op: Op | None  # None for the input node
+    op: Operator | None  # None for the input node
     inputs: tuple[int, ...]
     shape: Shape
     name: str
@@ -431,11 +159,13 @@ class Graph:
     def input_shape(self) -> Shape:
         return self.nodes[0].shape
 
-    def feeds_relu(self, k: int) -> bool:
-        return any(isinstance(self.nodes[c].op, ReLUOp) for c in self.consumers[k])
+    def feeds_relaxed(self, k: int) -> bool:
+        """Whether node ``k`` is the input of a relaxed (non-linear) operator, e.g. a ReLU."""
+        return any(self.nodes[c].op.relaxed for c in self.consumers[k])
 
-    def relu_nodes(self) -> list[int]:
-        return [k for k, n in enumerate(self.nodes) if isinstance(n.op, ReLUOp)]
+    def relaxed_nodes(self) -> list[int]:
+        """The nodes of relaxed (non-linear) operators, e.g. ReLUs."""
+        return [k for k, n in enumerate(self.nodes) if n.op is not None and n.op.relaxed]
 
     def batchnorm_ops(self) -> list[BatchNormOp]:
         return [n.op for n in self.nodes if isinstance(n.op, BatchNormOp)]
@@ -447,131 +177,43 @@ class Graph:
         """
         values: list[Tensor] = [x]
         for node in self.nodes[1:]:
-            ins = [values[i] for i in node.inputs]
-            op = node.op
-            if isinstance(op, ReLUOp):
-                v = torch.relu(ins[0])
-            elif isinstance(op, AddOp):
-                v = ins[0] + ins[1]
-            else:
-                if isinstance(op, BatchNormOp) and op.batch_stats:
-                    op.set_batch(ins[0])
-                v = op.forward(ins[0])
-            values.append(v)
+            values.append(node.op.evaluate(*(values[i] for i in node.inputs)))
         return values if keep else values[-1]
 
     def uses_batch_statistics(self) -> bool:
-        return any(isinstance(n.op, BatchNormOp) and n.op.batch_stats for n in self.nodes)
+        return any(op.batch_stats for op in self.batchnorm_ops())
 
 
 # ----------------------------------------------------------------------------------- compile
-def _conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
-
 class _Builder:
+    """The graph under construction (the :class:`~robustlab.certify.operators.Builder` that
+    operators compile into)."""
+
     def __init__(self, input_shape: Shape, like: Tensor | None) -> None:
         self.nodes: list[Node] = [Node(None, (), tuple(input_shape), "input")]
         self.like = like  # a parameter: dtype and device of constant weights (average pooling)
 
-    def add(self, op: Op, inputs: tuple[int, ...], shape: Shape, name: str) -> int:
+    def shape(self, node: int) -> Shape:
+        return self.nodes[node].shape
+
+    def add(self, op: Operator, inputs: tuple[int, ...], shape: Shape, name: str) -> int:
         self.nodes.append(Node(op, inputs, tuple(int(s) for s in shape), name))
         return len(self.nodes) - 1
 
     def build(self, module: nn.Module, src: int, name: str) -> int:
-        shape = self.nodes[src].shape
         label = name or type(module).__name__
         kind = type(module)  # exact types: a subclass may override forward
-        if kind not in SUPPORTED_TYPES:
-            raise _unsupported(label, module, _subclass_note(module))
         if kind is nn.Sequential:
             for child_name, child in module.named_children():
                 src = self.build(child, src, f"{name}.{child_name}" if name else child_name)
             return src
-        if kind in (Residual, LiResNetBlock):
-            body = self.build(module.body, src, f"{label}.body")
-            skip = src if module.shortcut is None else self.build(
-                module.shortcut, src, f"{label}.shortcut"
-            )
-            if self.nodes[body].shape != self.nodes[skip].shape:
-                raise _unsupported(label, module, "body and shortcut shapes differ")
-            return self.add(AddOp(), (body, skip), self.nodes[body].shape, label)
-        if kind is nn.Identity:
-            return src
-        if kind is nn.ReLU:
-            return self.add(ReLUOp(), (src,), shape, label)
-        if kind is nn.Linear:
-            if len(shape) != 1 or shape[0] != module.in_features:
-                raise _unsupported(label, module, f"expects a flat input of {module.in_features} "
-                                   f"features, got per-sample shape {shape}")
-            op = LinearOp(module.weight, module.bias)
-            return self.add(op, (src,), (module.out_features,), label)
-        if kind is nn.Conv2d:
-            return self._conv(module, src, label)
-        if kind in (nn.AvgPool2d, nn.AdaptiveAvgPool2d):
-            return self._avgpool(module, src, label)
-        if kind is nn.Flatten:
-            if module.start_dim != 1 or module.end_dim != -1:
-                raise _unsupported(label, module, "only Flatten(start_dim=1, end_dim=-1)")
-            out = (math.prod(shape),)
-            return self.add(ReshapeOp(shape, out), (src,), out, label)
-        if kind in (nn.BatchNorm1d, nn.BatchNorm2d):
-            if (kind is nn.BatchNorm2d) != (len(shape) == 3):
-                raise _unsupported(label, module, f"per-sample input shape {shape}")
-            return self.add(BatchNormOp(module, shape), (src,), shape, label)
-        # Normalize
-        view = (-1,) + (1,) * (len(shape) - 1)
-        scale = (1.0 / module.std).view(view)
-        shift = (-module.mean / module.std).view(view)
-        return self.add(ScaleOp(scale, shift), (src,), shape, label)
-
-    def _conv(self, m: nn.Conv2d, src: int, label: str) -> int:
-        shape = self.nodes[src].shape
-        if len(shape) != 3 or shape[0] != m.in_channels:
-            raise _unsupported(label, m, f"per-sample input shape {shape}")
-        if m.padding_mode != "zeros":
-            raise _unsupported(label, m, f"padding_mode={m.padding_mode!r}")
-        k, s, d = pair(m.kernel_size), pair(m.stride), pair(m.dilation)
-        if isinstance(m.padding, str):
-            if m.padding == "valid":
-                p = (0, 0)
-            elif all(d[i] * (k[i] - 1) % 2 == 0 for i in range(2)):
-                p = (d[0] * (k[0] - 1) // 2, d[1] * (k[1] - 1) // 2)
-            else:
-                raise _unsupported(label, m, "asymmetric 'same' padding")
-        else:
-            p = pair(m.padding)
-        out = (m.out_channels, *(_conv_out(shape[1 + i], k[i], s[i], p[i], d[i]) for i in range(2)))
-        op = ConvOp(m.weight, m.bias, s, p, d, m.groups, shape, out)
-        return self.add(op, (src,), out, label)
-
-    def _avgpool(self, m: nn.Module, src: int, label: str) -> int:
-        shape = self.nodes[src].shape
-        if len(shape) != 3:
-            raise _unsupported(label, m, f"per-sample input shape {shape}")
-        c, h, w = shape
-        if isinstance(m, nn.AdaptiveAvgPool2d):
-            size = m.output_size  # an int, or a pair whose None entries keep the input size
-            oh, ow = (size, size) if isinstance(size, int) else tuple(size)
-            oh, ow = oh or h, ow or w
-            if h % oh or w % ow:
-                raise _unsupported(label, m, f"{h}x{w} is not a multiple of {oh}x{ow}")
-            k = s = (h // oh, w // ow)
-            p = (0, 0)
-        else:
-            k = pair(m.kernel_size)
-            s = pair(m.stride or m.kernel_size)
-            p = pair(m.padding)
-            if m.ceil_mode or m.divisor_override is not None or (
-                any(p) and not m.count_include_pad
-            ):
-                raise _unsupported(label, m, "ceil_mode, divisor_override or count_include_pad")
-        kw = {"dtype": self.like.dtype, "device": self.like.device} if self.like is not None else {}
-        weight = torch.full((c, 1, *k), 1.0 / (k[0] * k[1]), **kw)
-        out = (c, *(_conv_out(shape[1 + i], k[i], s[i], p[i], 1) for i in range(2)))
-        op = ConvOp(weight, None, s, p, (1, 1), c, shape, out)
-        op.kind = "AvgPool2d"
-        return self.add(op, (src,), out, label)
+        operator = OPERATORS.get(kind)
+        if operator is None:
+            raise _unsupported(label, module, _subclass_note(module))
+        try:
+            return operator.compile(module, self, src, label)
+        except Refused as why:
+            raise _unsupported(label, module, str(why)) from None
 
 
 def compile_model(model: nn.Module, input_shape: Shape) -> Graph:

@@ -24,7 +24,7 @@ def ibp(state: BoundState, spec: Tensor) -> Tensor:
 
 def elided(state: BoundState, spec: Tensor) -> Tensor:
     """Bound ``spec @ logits`` on the intervals already in ``state``, eliding the affine tail."""
-    return backward(state, state.graph.output, spec, stop=set(state.graph.relu_nodes()))
+    return backward(state, state.graph.output, spec, stop=set(state.graph.relaxed_nodes()))
 
 
 def ibp_bounds(model: nn.Module, x: Tensor, threat: Threat | str, spec: Tensor | None = None

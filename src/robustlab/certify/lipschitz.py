@@ -30,20 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustlab.certify.graph import (
+from robustlab.certify.graph import Graph, compile_model, model_output, verify_graph
+from robustlab.certify.liresnet import LiResNetBlock as LiResNetBlock  # re-exported
+from robustlab.certify.operators import (
     AddOp,
     AffineOp,
     ConvOp,
-    Graph,
     LinearOp,
     ReLUOp,
     ScaleOp,
     WeightOp,
-    compile_model,
-    model_output,
-    verify_graph,
 )
-from robustlab.certify.liresnet import LiResNetBlock as LiResNetBlock  # re-exported
 from robustlab.errors import RobustlabError
 from robustlab.threat import Threat
 from robustlab.validation import check_inputs, check_int, check_labels

@@ -2,15 +2,17 @@
 
 Two passes over a :class:`~robustlab.certify.graph.Graph`:
 
-* :func:`forward_intervals` -- interval bound propagation (Gowal et al. 2018, eq. 6): an affine
-  layer maps centre ``c`` and radius ``r`` to ``W c + b`` and ``|W| r``; a ReLU maps the box
-  ends; a residual addition adds them. For L2 inputs the layers up to the first mixing layer are
+* :func:`forward_intervals` -- interval bound propagation (Gowal et al. 2018, eq. 6): each
+  operator's :meth:`~robustlab.certify.operators.Operator.interval` rule (an affine layer maps
+  centre ``c`` and radius ``r`` to ``W c + b`` and ``|W| r``; a ReLU maps the box ends; a
+  residual addition adds them). For L2 inputs the layers up to the first mixing layer are
   bounded exactly on the ball (``W x +- eps ||W_i||_2``, the row norms computed as ``W**2``
   applied to the squared diagonal scales) and intersected with the box bounds. A ``refine``
   hook may tighten a node's interval before later nodes use it (full CROWN).
 * :func:`backward` -- linear bound propagation (CROWN, Zhang et al. 2018, Theorem 3.2; its
   general-graph form in Xu et al. 2020, auto_LiRPA): coefficients ``A`` of a linear function of a
-  node are pushed to the node's inputs; through an affine layer ``A -> A W`` plus the bias term
+  node are pushed to the node's inputs by each operator's
+  :meth:`~robustlab.certify.operators.Operator.backward` rule; through an affine layer ``A -> A W`` plus the bias term
   ``A b``; through a ReLU with pre-activation bounds ``[l, u]`` the positive part of ``A`` takes
   the lower relaxation ``relu(z) >= alpha z`` and the negative part the upper relaxation
   ``relu(z) <= u (z - l) / (u - l)``; at a residual addition both branches receive ``A`` and meet
@@ -28,57 +30,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from robustlab.certify.graph import (
-    AddOp,
-    AffineOp,
-    Graph,
-    ReLUOp,
-    ScaleOp,
-    compile_model,
-    verify_graph,
-)
+from robustlab.certify.graph import Graph, compile_model, verify_graph
+from robustlab.certify.operators import LOWER_SLOPES, AffineOp, Interval, Relaxation
+from robustlab.certify.operators import relu_relaxation as relu_relaxation  # re-exported
 from robustlab.certify.spec import InputSet, as_bound_threat, interval_lower
 from robustlab.errors import RobustlabError
 from robustlab.threat import Threat
 from robustlab.validation import check_inputs
-
-Interval = tuple[Tensor, Tensor]
-
-#: lower-relaxation slopes of an unstable ReLU: CROWN's adaptive choice (1 if u > -l else 0,
-#: Zhang et al. 2018), constant 0 or 1, or the slope of the upper line (Fast-Lin / DeepZ style).
-LOWER_SLOPES = ("adaptive", "zero", "one", "parallel")
-
-
-@dataclass
-class Relaxation:
-    """Linear bounds ``lower_slope * z <= relu(z) <= upper_slope * z + upper_intercept``."""
-
-    lower_slope: Tensor
-    upper_slope: Tensor
-    upper_intercept: Tensor
-
-
-def relu_relaxation(lower: Tensor, upper: Tensor, lower_slope: str = "adaptive") -> Relaxation:
-    """The triangle relaxation of ``relu`` on ``[lower, upper]`` (exact on stable neurons)."""
-    if lower_slope not in LOWER_SLOPES:
-        raise RobustlabError(
-            f"Unknown ReLU lower slope {lower_slope!r}; known: {', '.join(LOWER_SLOPES)}."
-        )
-    unstable = (lower < 0) & (upper > 0)
-    active = (lower >= 0).to(lower.dtype)
-    slope = upper / (upper - lower).clamp_min(1e-12)
-    up = torch.where(unstable, slope, active)
-    intercept = torch.where(unstable, -slope * lower, torch.zeros_like(lower))
-    if lower_slope == "adaptive":
-        alpha = (upper > -lower).to(lower.dtype)
-    elif lower_slope == "zero":
-        alpha = torch.zeros_like(lower)
-    elif lower_slope == "one":
-        alpha = torch.ones_like(lower)
-    else:
-        alpha = slope
-    low = torch.where(unstable, alpha, active)
-    return Relaxation(low, up, intercept)
 
 
 @dataclass
@@ -92,10 +50,11 @@ class BoundState:
     _relaxations: dict[int, Relaxation] = field(default_factory=dict)
 
     def relaxation(self, k: int) -> Relaxation:
-        """The relaxation of ReLU node ``k`` from its input's (final) interval; cached."""
+        """The relaxation of (ReLU) node ``k`` from its input's (final) interval; cached."""
         if k not in self._relaxations:
-            lo, hi = self.intervals[self.graph.nodes[k].inputs[0]]
-            self._relaxations[k] = relu_relaxation(lo, hi, self.lower_slope)
+            node = self.graph.nodes[k]
+            lo, hi = self.intervals[node.inputs[0]]
+            self._relaxations[k] = node.op.relax(lo, hi, self.lower_slope)
         return self._relaxations[k]
 
 
@@ -106,11 +65,13 @@ def setup(
     lower_slope: str = "adaptive",
     *,
     logits: Tensor | None = None,
+    graphs: CompiledGraphs | None = None,
 ) -> BoundState:
     """Validate the inputs, compile ``model``, fix BatchNorm batch statistics from ``x`` and
     check that the graph computes the model on ``x`` (see
     :func:`~robustlab.certify.graph.verify_graph`; ``logits`` is ``model(x)`` when the caller
-    has it already).
+    has it already). With ``graphs`` the model is compiled once for all the batches bounded
+    through it; the check still runs on every batch.
 
     Every bound method (IBP, CROWN-IBP, CROWN, the tightness metric, certified training) starts
     here, so no bound is computed for a graph that was not checked against the model on the very
@@ -122,7 +83,8 @@ def setup(
         raise RobustlabError(
             f"Unknown ReLU lower slope {lower_slope!r}; known: {', '.join(LOWER_SLOPES)}."
         )
-    graph = compile_model(model, tuple(x.shape[1:]))
+    shape = tuple(x.shape[1:])
+    graph = compile_model(model, shape) if graphs is None else graphs.get(model, shape)
     if graph.uses_batch_statistics():
         out = graph.forward(x)  # fixes the batch statistics, differentiably in the weights
     else:
@@ -130,6 +92,24 @@ def setup(
             out = graph.forward(x)
     verify_graph(graph, model, x, out=out, logits=logits)
     return BoundState(graph, InputSet(x, t), lower_slope)
+
+
+class CompiledGraphs:
+    """The compiled graph of one model, reused for every batch of the same per-sample shape (a
+    certifier bounds many batches of one model): compiled again only for another model or shape.
+    It saves the compilation, not the check: :func:`setup` compares the graph with the model on
+    every batch, so a model changed in between is refused, never bounded with a stale graph."""
+
+    def __init__(self) -> None:
+        self._key: tuple[nn.Module, tuple[int, ...]] | None = None
+        self._graph: Graph | None = None
+
+    def get(self, model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
+        key = (model, tuple(input_shape))
+        if self._graph is None or self._key[0] is not model or self._key[1] != key[1]:
+            self._graph = compile_model(model, key[1])
+            self._key = key
+        return self._graph
 
 
 def check_spec(spec: Tensor | None, state: BoundState) -> Tensor:
@@ -157,13 +137,7 @@ def refinable(graph: Graph) -> list[bool]:
     is (L2)."""
     depth = [0] * len(graph.nodes)  # 0: elementwise map of the input, 1: one mixing layer, 2: more
     for k, node in enumerate(graph.nodes[1:], 1):
-        src = depth[node.inputs[0]]
-        if isinstance(node.op, (ReLUOp, AddOp)):
-            depth[k] = 2
-        elif isinstance(node.op, AffineOp) and node.op.mixing:
-            depth[k] = 1 if src == 0 else 2
-        else:
-            depth[k] = src
+        depth[k] = node.op.ibp_depth(depth[node.inputs[0]])
     return [d == 2 for d in depth]
 
 
@@ -187,16 +161,8 @@ def forward_intervals(state: BoundState, refine: Callable[[int], None] | None = 
     loose = refinable(graph) if refine is not None else None
     for k, node in enumerate(graph.nodes[1:], 1):
         op = node.op
-        if isinstance(op, ReLUOp):
-            lo, hi = iv[node.inputs[0]]
-            iv[k] = (lo.clamp_min(0), hi.clamp_min(0))
-        elif isinstance(op, AddOp):
-            (l1, h1), (l2, h2) = iv[node.inputs[0]], iv[node.inputs[1]]
-            iv[k] = (l1 + l2, h1 + h2)
-        else:
-            lo, hi = iv[node.inputs[0]]
-            c, r = op.forward((hi + lo) / 2), op.linear_abs((hi - lo) / 2)
-            iv[k] = (c - r, c + r)
+        iv[k] = op.interval(*(iv[i] for i in node.inputs))
+        if isinstance(op, AffineOp):
             prev = ball[node.inputs[0]]
             if prev is not None and not (op.mixing and prev[2]):
                 value, rows, mixed = op.forward(prev[0]), op.linear_sq(prev[1]), prev[2] or op.mixing
@@ -204,7 +170,7 @@ def forward_intervals(state: BoundState, refine: Callable[[int], None] | None = 
                 rad = inp.eps * rows.clamp_min(0).sqrt()
                 lo, hi = iv[k]
                 iv[k] = (torch.maximum(lo, value - rad), torch.minimum(hi, value + rad))
-        if refine is not None and loose[k] and graph.feeds_relu(k):
+        if refine is not None and loose[k] and graph.feeds_relaxed(k):
             refine(k)
 
 
@@ -234,33 +200,24 @@ def backward(
         elif k in stop:
             lo, hi = state.intervals[k]
             total = total + interval_lower(coef, lo, hi)
-        elif isinstance(node.op, ReLUOp):
-            rel = state.relaxation(k)
-            pos, neg = coef.clamp_min(0), coef.clamp_max(0)
-            push(node.inputs[0], pos * rel.lower_slope.unsqueeze(1)
-                 + neg * rel.upper_slope.unsqueeze(1))
-            total = total + torch.einsum(
-                "bsn,bn->bs", neg.flatten(2), rel.upper_intercept.flatten(1)
-            )
-        elif isinstance(node.op, AddOp):
-            push(node.inputs[0], coef)
-            push(node.inputs[1], coef)
         else:
-            push(node.inputs[0], node.op.transpose(coef))
-            bias = node.op.bias_term(coef)
-            if bias is not None:
-                total = total + bias
+            op = node.op
+            coefs, const = op.backward(coef, state.relaxation(k) if op.relaxed else None)
+            for i, c in zip(node.inputs, coefs, strict=True):
+                push(i, c)
+            if const is not None:
+                total = total + const
     return total
 
 
 def linearized(graph: Graph, x: Tensor) -> Graph:
     """The graph with every ReLU replaced by its activation pattern at ``x`` (a per-sample 0/1
-    elementwise scale): the local linearisation of the network at ``x``."""
+    elementwise scale, :meth:`~robustlab.certify.operators.Operator.linearize`): the local
+    linearisation of the network at ``x``."""
     values = graph.forward(x, keep=True)
     nodes = list(graph.nodes)
-    for k in graph.relu_nodes():
+    for k in graph.relaxed_nodes():
         node = nodes[k]
-        pattern = (values[node.inputs[0]] > 0).to(x.dtype)
-        nodes[k] = type(node)(ScaleOp(pattern, None, per_sample=True), node.inputs, node.shape,
-                              node.name)
+        op = node.op.linearize(*(values[i] for i in node.inputs))
+        nodes[k] = type(node)(op, node.inputs, node.shape, node.name)
     return Graph(nodes)

@@ -1,13 +1,12 @@
 """Command-line interface: a thin shell over the library.
 
-Each command module registers itself on the shared Typer ``app`` when imported below.
+Each command module registers itself on the shared Typer ``app`` when imported below, in the
+order ``robustlab --help`` lists the commands.
 """
 
-from robustlab.cli import (
-    certify,  # noqa: F401
-    commands,  # noqa: F401  (registers the core commands)
-    corrupt,  # noqa: F401
-)
+# isort: off
+from robustlab.cli import listing, train, evaluate, attack, demo, certify, corrupt  # noqa: F401
+# isort: on
 from robustlab.cli.app import app, run
 
 main = run

@@ -22,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+out = Console()  # what commands print
 
 
 def fail(message: str) -> typer.Exit:

@@ -11,18 +11,18 @@ from rich.table import Table
 
 from robustlab.certify import CERTIFIERS
 from robustlab.certify import certify as run_certify
-from robustlab.cli.app import app
-from robustlab.cli.commands import DataDir, Device, Download, Limit, Seed, load_for_eval, out
-from robustlab.cli.options import parse_kv
+from robustlab.cli import options as opt
+from robustlab.cli.app import app, out
+from robustlab.cli.options import load_for_eval, parse_kv
 from robustlab.io import atomic_write_json
 from robustlab.threat import Threat
 
 
 @app.command()
 def certify(
-    checkpoint: Annotated[Path, typer.Option(help="A robustlab checkpoint (.pt).")],
-    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "digits",
-    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    checkpoint: opt.Checkpoint,
+    dataset: opt.DatasetName = "digits",
+    split: opt.Split = "test",
     method: Annotated[
         str, typer.Option(help=f"Certification method: {', '.join(CERTIFIERS.names())}.")
     ] = "ibp",
@@ -33,17 +33,17 @@ def certify(
         list[str] | None,
         typer.Option("--option", help="Method option key=value (repeat), e.g. sigma=0.25, n=1000."),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    batch_size: opt.BatchSize = 256,
     out_path: Annotated[Path | None, typer.Option("--out", help="Write the result JSON here.")] = None,
     per_sample: Annotated[
         bool, typer.Option(help="Include per-sample bounds and radii in the JSON.")
     ] = False,
-    data_dir: DataDir = None,
-    download: Download = False,
-    limit: Limit = None,
-    seed: Seed = 0,
-    device: Device = "cpu",
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    data_dir: opt.DataDir = None,
+    download: opt.Download = False,
+    limit: opt.Limit = None,
+    seed: opt.Seed = 0,
+    device: opt.Device = "cpu",
+    progress: opt.Progress = True,
 ) -> None:
     """Certify a checkpoint: clean accuracy and the share of points proven robust."""
     CERTIFIERS.get(method)

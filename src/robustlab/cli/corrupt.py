@@ -7,17 +7,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from robustlab.cli.app import app
-from robustlab.cli.commands import DataDir, Device, Download, Limit, Seed
+from robustlab.cli import options as opt
+from robustlab.cli.app import app, out
 from robustlab.cli.options import load_data, split_list
 from robustlab.corruptions import CORRUPTION_SETS, CORRUPTIONS, gallery, write_corrupted_dataset
-from robustlab.corruptions.metrics import _plan
 from robustlab.corruptions.sets import corruption_names
 from robustlab.errors import RobustlabError
-
-out = Console()
+from robustlab.evaluation.corruptions import severity_plan
 
 
 @app.command("corrupt")
@@ -40,12 +37,12 @@ def corrupt_cmd(
                      "all five."),
     ] = None,
     split: Annotated[str, typer.Option(help="Dataset split to corrupt.")] = "test",
-    data_dir: DataDir = None,
-    download: Download = False,
-    limit: Limit = None,
+    data_dir: opt.DataDir = None,
+    download: opt.Download = False,
+    limit: opt.Limit = None,
     batch_size: Annotated[int, typer.Option(help="Images corrupted per batch.", min=1)] = 256,
-    device: Device = "cpu",
-    seed: Seed = 0,
+    device: opt.Device = "cpu",
+    seed: opt.Seed = 0,
     gallery_only: Annotated[
         bool, typer.Option("--gallery-only", help="Only write the gallery PNG.")
     ] = False,
@@ -64,7 +61,7 @@ def corrupt_cmd(
         sev = [int(s) for s in split_list(severities)] or [1, 2, 3, 4, 5]
     except ValueError:
         raise RobustlabError(f"severities must be integers from 1 to 5, got {severities}.") from None
-    _plan(corruption_names(corruptions), sev)  # validate names and severities before loading
+    severity_plan(corruption_names(corruptions), sev)  # validate names and severities before loading
     data = load_data(dataset, split, data_dir, download, limit)
     if data.x.dim() != 4:
         raise RobustlabError(

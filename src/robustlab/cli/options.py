@@ -1,14 +1,35 @@
-"""Parsing helpers shared by CLI commands: ``key=value`` arguments, lists, model + data loading."""
+"""What CLI commands share: their common options, ``key=value`` arguments, lists, model + data
+loading."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 import yaml
+from torch import nn
 
 from robustlab.data import ArrayDataset, load_dataset
 from robustlab.errors import RobustlabError
+from robustlab.models import load_model
+
+# Options several commands take, with one help text each.
+Checkpoint = Annotated[Path, typer.Option(help="A robustlab checkpoint (.pt).")]
+DatasetName = Annotated[str, typer.Option(help="Dataset name.")]
+Split = Annotated[str, typer.Option(help="train or test.")]
+BatchSize = Annotated[int, typer.Option(min=1)]
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Dataset directory (default: $ROBUSTLAB_DATA/<name>)."),
+]
+Download = Annotated[
+    bool, typer.Option(help="Download the dataset from its official mirror (checked).")
+]
+Limit = Annotated[int | None, typer.Option(help="Use only the first N samples.", min=1)]
+Device = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")]
+Seed = Annotated[int, typer.Option(help="Random seed.")]
+Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
 
 
 def parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
@@ -67,3 +88,15 @@ def check_compatible(model_args: dict[str, Any], data: ArrayDataset) -> None:
         raise RobustlabError(
             f"dataset '{data.name}' has labels up to {int(data.y.max())} but the model has {k} classes."
         )
+
+
+def load_for_eval(
+    checkpoint: Path, dataset: str, split: str, data_dir: Path | None, download: bool,
+    limit: int | None, device: str,
+) -> tuple[nn.Module, dict[str, Any], ArrayDataset]:
+    """The checkpoint's model, the checkpoint, and the dataset split it is evaluated on (checked
+    to fit the model)."""
+    model, ckpt = load_model(checkpoint, device=device)
+    data = load_data(dataset, split, data_dir, download, limit)
+    check_compatible(ckpt.get("model_args", {}), data)
+    return model, ckpt, data

@@ -1,5 +1,6 @@
 """Common corruptions as batched, seeded tensor operations (ImageNet-C, ImageNet-C extras, MNIST-C)
-and the corruption-robustness metrics (CE, mCE, relative mCE, flip rate, calibration).
+and the corruption-robustness metrics (CE, mCE, relative mCE, flip rate, calibration); the
+evaluation loop is :func:`robustlab.evaluation.evaluate_corruptions`.
 
 Every corruption is ``f(x, severity, generator=None) -> Tensor`` on (N, C, H, W) float batches in
 [0, 1], registered by name in :data:`CORRUPTIONS`; :data:`CORRUPTION_SETS` groups them.
@@ -18,7 +19,6 @@ from robustlab.corruptions.export import gallery, write_corrupted_dataset
 from robustlab.corruptions.metrics import (
     CorruptionResult,
     corruption_error,
-    evaluate_corruptions,
     expected_calibration_error,
     flip_probability,
     mean_corruption_error,
@@ -40,7 +40,6 @@ __all__ = [
     "corrupt",
     "corruption_error",
     "corruption_names",
-    "evaluate_corruptions",
     "expected_calibration_error",
     "flip_probability",
     "gallery",

@@ -26,8 +26,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from robustlab.corruptions.registry import CORRUPTIONS
 from robustlab.errors import RobustlabError
-from robustlab.registry import Registry
 
 SEVERITIES = (1, 2, 3, 4, 5)
 IMAGENET_C_SIZE = 224
@@ -38,9 +38,6 @@ class Corruption(Protocol):
     def __call__(
         self, x: Tensor, severity: int, generator: torch.Generator | None = None
     ) -> Tensor: ...
-
-
-CORRUPTIONS: Registry[Corruption] = Registry("corruption")
 
 
 @dataclass(frozen=True)

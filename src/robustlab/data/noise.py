@@ -39,14 +39,19 @@ labels on any machine.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from robustlab.data.dataset import ArrayDataset
 from robustlab.errors import RobustlabError
+from robustlab.io import atomic_write, atomic_write_text
 from robustlab.registry import _normalize as normalize_name
 from robustlab.validation import check_int, check_labels
 
@@ -376,3 +381,18 @@ def apply_label_noise(
         seed=seed,
         transition=transition,
     )
+
+
+def with_label_noise(
+    data: ArrayDataset, spec: str, seed: int, out_dir: str | Path
+) -> tuple[ArrayDataset, NoisyLabels]:
+    """``data`` with its labels corrupted by ``spec`` (e.g. ``"symmetric:0.4"``, see
+    :func:`parse_noise_spec`), and the noise; the clean and noisy labels and the mask are written
+    to ``out_dir/label_noise.npz`` and the summary to ``out_dir/label_noise.json``."""
+    noisy = parse_noise_spec(spec).apply(data.y, data.num_classes, seed, data.name, data.x)
+    arrays = {"y_noisy": noisy.y_noisy.numpy(), "y_clean": noisy.y_clean.numpy(),
+              "is_noisy": noisy.is_noisy.numpy()}  # fmt: skip
+    out = Path(out_dir)
+    atomic_write(out / "label_noise.npz", lambda f: np.savez_compressed(f, **arrays))
+    atomic_write_text(out / "label_noise.json", json.dumps(noisy.summary(), indent=2) + "\n")
+    return dataclasses.replace(data, y=noisy.y_noisy), noisy

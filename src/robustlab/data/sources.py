@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from robustlab.data.dataset import ArrayDataset
+from robustlab.data.registry import DATASETS
 from robustlab.errors import DataError, RobustlabError
-from robustlab.registry import Registry
 from robustlab.validation import check_int
 
 ENV_VAR = "ROBUSTLAB_DATA"
@@ -32,9 +32,6 @@ class DatasetLoader(Protocol):
         download: bool = False,
         limit: int | None = None,
     ) -> ArrayDataset: ...
-
-
-DATASETS: Registry[DatasetLoader] = Registry("dataset")
 
 
 def dataset_loader(name: str, *, help: str | None = None) -> Callable[[Callable], DatasetLoader]:

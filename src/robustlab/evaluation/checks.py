@@ -5,7 +5,8 @@ robustness, attached to every evaluation result.
 Each check has a flag, the share of points (or of the evaluation) it concerns, one sentence saying
 what a raised flag means, and its findings: for each place it looked (a threat, an attack, a pair
 of budgets), which attack(s) at which threat, how many points of how many, and their indices in the
-evaluated dataset (the first ``MAX_INDICES``). ``summary`` puts the findings in words.
+evaluated dataset (the first ``MAX_INDICES``). ``summary`` puts the findings in words
+(:mod:`robustlab.evaluation.findings`).
 
 - ``zero-gradients``: the margin's input gradient is zero, NaN or infinite on some points;
 - ``randomness``: two identical forward passes give different outputs (use EOT, version 'rand');
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -34,131 +34,20 @@ from torch import Tensor, nn
 
 from robustlab.attacks import APGD, Square
 from robustlab.attacks.objectives import margin_objective
+from robustlab.evaluation.findings import (
+    THRESHOLDS,
+    CheckResult,
+    Finding,
+    finding,
+    make_check,
+    missed_by,
+    names_text,
+)
 from robustlab.evaluation.results import WORST_CASE
 from robustlab.runtime.modes import eval_mode
 from robustlab.threat import Threat
 
 BLACK_BOX = frozenset({"square"})
-#: a finding lists the dataset indices of at most this many of its points (and counts them all)
-MAX_INDICES = 20
-#: a flag is raised when the share exceeds this (0: any point at all)
-THRESHOLDS = {
-    "zero-gradients": 0.0,
-    "randomness": 0.0,
-    "unbounded-attack": 0.01,
-    "eps-monotonicity": 0.0,
-    "steps-monotonicity": 0.0,
-    "black-box-beats-white-box": 0.02,
-    "loss-not-increasing": 0.05,
-    "certified-but-broken": 0.0,
-}
-MEANINGS = {
-    "zero-gradients": "Some points have zero, NaN or infinite input gradients, so gradient attacks "
-    "cannot move them and the robust accuracy may be overestimated (gradient masking).",
-    "randomness": "The model gives different outputs for identical inputs, so single-draw "
-    "gradients are noisy; evaluate with EOT (AutoAttack version 'rand').",
-    "unbounded-attack": "An attack with an unbounded budget failed to break every point, so the "
-    "attacks are failing (masked gradients or a broken attack), not the model resisting.",
-    "eps-monotonicity": "Robust accuracy increases with eps, which is impossible for a working "
-    "attack; the attack fails at the larger radius.",
-    "steps-monotonicity": "Robust accuracy increases with more attack steps, which points to "
-    "randomness in the model or an unstable attack.",
-    "black-box-beats-white-box": "A black-box attack broke points that every white-box attack "
-    "missed: the white-box attacks are too weak for this model (more steps, restarts, APGD-T) or "
-    "its gradients are masked, so the robust accuracy is overestimated.",
-    "loss-not-increasing": "The attack objective did not increase along the iterations on many "
-    "points, so the optimisation is not working (flat or masked loss surface).",
-    "certified-but-broken": "An attack broke points that a certificate proved robust at the same "
-    "threat, so either the bound is unsound or the attack left the threat model: a bug.",
-}
-
-
-@dataclass
-class Finding:
-    """What a check found in one place: the threat, the attack (and the attacks it is compared
-    with), the points concerned (``count`` of ``of``, the first ``MAX_INDICES`` dataset indices),
-    this finding's share (the quantity the check's flag compares with its threshold) and one
-    sentence saying all of it."""
-
-    text: str
-    share: float
-    count: int
-    of: int
-    indices: list[int]
-    threat: str | None = None
-    attack: str | None = None
-    against: list[str] = field(default_factory=list)
-    source: str = "probe"  # probe (the checks' own attacks), evaluation, ensemble, model
-
-
-@dataclass
-class CheckResult:
-    """One attack-failure check: raised or not, the share concerned, what it means, and where."""
-
-    name: str
-    flag: bool
-    share: float
-    meaning: str
-    summary: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def make_check(
-    name: str, findings: Sequence[Finding] = (), share: float | None = None, **details: Any
-) -> CheckResult:
-    """The check ``name`` from its findings; its share is the largest finding's unless given."""
-    found = sorted(findings, key=lambda f: -f.share)
-    if share is None:
-        share = max((f.share for f in found), default=0.0)
-    share = float(share) if math.isfinite(share) else 1.0
-    summary = " ".join(f.text for f in found)
-    return CheckResult(
-        name, share > THRESHOLDS[name], share, MEANINGS[name], summary,
-        {"findings": [asdict(f) for f in found], **details},
-    )  # fmt: skip
-
-
-# --------------------------------------------------------------------------- wording
-def points_of(mask: Tensor, index: Tensor | None = None) -> tuple[int, list[int]]:
-    """(number of True entries of ``mask``, the first ``MAX_INDICES`` of their dataset indices);
-    ``index`` maps the rows of ``mask`` to dataset indices (identity when None)."""
-    pos = mask.nonzero().squeeze(1)
-    if index is not None:
-        pos = index.to(pos.device)[pos]
-    return int(pos.numel()), pos[:MAX_INDICES].cpu().tolist()
-
-
-def _points_text(count: int, of: int, indices: Sequence[int], what: str = "points") -> str:
-    text = f"{count} of {of} {what}"
-    if indices:
-        more = f", … ({count - len(indices)} more)" if count > len(indices) else ""
-        text += f" (indices {', '.join(map(str, indices))}{more})"
-    return text
-
-
-def _names(names: Sequence[str]) -> str:
-    names = list(names)
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-
-
-def _missed_by(white: Sequence[str]) -> str:
-    white = list(white)
-    return f"{white[0]} missed" if len(white) == 1 else f"all of {_names(white)} missed"
-
-
-def _finding(text: str, mask: Tensor, of: int, index: Tensor | None, **kw: Any) -> Finding:
-    """A finding about the points of ``mask``; ``{points}`` in ``text`` names them."""
-    count, indices = points_of(mask, index)
-    what = "probe points" if kw.get("source", "probe") == "probe" else "points"
-    share = kw.pop("share", count / max(1, of))
-    return Finding(
-        text.replace("{points}", _points_text(count, of, indices, what)),
-        float(share), count, of, indices, **kw,
-    )  # fmt: skip
-
 
 def _apgd_label(steps: int) -> str:
     return f"apgd (margin loss, {steps} steps)"
@@ -179,7 +68,7 @@ def check_gradients(
     bad = bad_value | zero
     findings = []
     if bad.any():
-        findings.append(_finding(
+        findings.append(finding(
             f"The input gradient of the margin max_{{j!=y}} z_j - z_y is zero ({int(zero.sum())}) "
             f"or not finite ({int(bad_value.sum())}) on {{points}}.",
             bad, len(x), index,
@@ -197,7 +86,7 @@ def check_randomness(model: nn.Module, x: Tensor, rtol: float = 1e-5) -> CheckRe
     diff = ((a - b).abs() > rtol * (1 + a.abs())).any(1)
     findings = []
     if diff.any():
-        findings.append(_finding(
+        findings.append(finding(
             "Two identical forward passes in eval mode gave different logits on {points}.",
             diff, len(x), None, source="model",
         ))  # fmt: skip
@@ -229,7 +118,7 @@ def eps_monotonicity_findings(
         for (e_small, small), (e_large, large) in zip(ordered, ordered[1:]):
             inc = monotonicity_share(small, large)[0]
             if inc > 0:
-                findings.append(_finding(
+                findings.append(finding(
                     f"{label}: robust accuracy rises by {100 * inc:.1f} points from "
                     f"{norm}:{e_small:g} to {norm}:{e_large:g}; {{points}} are robust at "
                     f"{norm}:{e_large:g} but were broken at {norm}:{e_small:g}.",
@@ -273,8 +162,8 @@ def black_box_findings(
     for (name, t), mask in robust.items():
         wb = white.get(t, {})
         if name in BLACK_BOX and wb:
-            findings.append(_finding(
-                f"At {t}, {name} broke {{points}} that {_missed_by(wb)}.",
+            findings.append(finding(
+                f"At {t}, {name} broke {{points}} that {missed_by(wb)}.",
                 black_box_mask(list(wb.values()), mask), len(mask), None, threat=str(t),
                 attack=name, against=list(wb), source="evaluation",
             ))  # fmt: skip
@@ -286,7 +175,7 @@ def black_box_findings(
                 before = [r["attack"] for r in rows[:i]]
                 findings.append(Finding(
                     f"At {t}, inside {name}, {row['attack']} broke {broke} of {n} points that "
-                    f"{_names(before) if before else 'no earlier member'} had left robust "
+                    f"{names_text(before) if before else 'no earlier member'} had left robust "
                     "(the ensemble does not record which).",
                     broke / n, broke, n, [], threat=str(t), attack=f"{name}/{row['attack']}",
                     against=before, source="ensemble",
@@ -359,24 +248,24 @@ def _probe_findings(
     n, t, short, half = len(idx), str(threat), max(1, steps // 4), threat.with_eps(threat.eps / 2)
     main = _apgd_label(steps)
     out: dict[str, list[Finding]] = {}
-    out["unbounded-attack"] = [_finding(
+    out["unbounded-attack"] = [finding(
         f"At {p['unbounded_threat']} (a ball covering the whole [0, 1] box), {main} left {{points}} "
         "unbroken.", p["unbounded"], n, idx, threat=str(p["unbounded_threat"]), attack=main,
     )]  # fmt: skip
     inc = monotonicity_share(p["half"], p["eps"])[0]
-    out["eps-monotonicity"] = [_finding(
+    out["eps-monotonicity"] = [finding(
         f"{main}: robust accuracy rises by {100 * inc:.1f} points from {half} to {t}; {{points}} "
         f"are robust at {t} but were broken at {half}.", p["eps"] & ~p["half"], n, idx,
         share=inc, threat=t, attack=main, against=[str(half)],
     )] if inc > 0 else []  # fmt: skip
     inc = monotonicity_share(p["short"], p["eps"])[0]
-    out["steps-monotonicity"] = [_finding(
+    out["steps-monotonicity"] = [finding(
         f"At {t}, robust accuracy rises by {100 * inc:.1f} points from {short} to {steps} APGD "
         f"steps (margin loss); {{points}} resisted {steps} steps but were broken in {short}.",
         p["eps"] & ~p["short"], n, idx, share=inc, threat=t, attack=main,
         against=[_apgd_label(short)],
     )] if inc > 0 else []  # fmt: skip
-    out["loss-not-increasing"] = [_finding(
+    out["loss-not-increasing"] = [finding(
         f"At {t}, the objective of {main} did not increase on {{points}}.",
         p["trace_gain"] <= 1e-6, n, idx, threat=t, attack=main,
     )]  # fmt: skip
@@ -384,8 +273,8 @@ def _probe_findings(
     if "square" in p:
         white = {main: p["eps"], _apgd_label(short): p["short"], **white_eval}
         square = f"square ({queries} queries)"
-        out["black-box-beats-white-box"] = [_finding(
-            f"At {t}, {square} broke {{points}} that {_missed_by(white)}.",
+        out["black-box-beats-white-box"] = [finding(
+            f"At {t}, {square} broke {{points}} that {missed_by(white)}.",
             black_box_mask(list(white.values()), p["square"]), n, idx, threat=t, attack=square,
             against=list(white),
         )]  # fmt: skip
@@ -471,7 +360,7 @@ def check_certified_not_broken(
     for (method, threat), cert in certified.items():
         for (attack, t), mask in robust.items():
             if t == threat:
-                findings.append(_finding(
+                findings.append(finding(
                     f"At {threat}, {attack} broke {{points}} that {method} certified.",
                     cert & ~mask, len(cert), None, threat=str(threat), attack=attack,
                     against=[method], source="evaluation",

@@ -1,15 +1,23 @@
 """Evaluation suites: named attack lists for the common protocols (``robustlab evaluate --suite``).
 
-A suite fixes the attacks and their arguments; the threats come from the caller. Every suite's
-result includes the per-sample worst case over its attacks and the attack-failure checks.
+A suite fixes the attacks and their arguments; the threats come from the caller. Its
+:meth:`Suite.stages` are the evaluation stages it composes (:mod:`robustlab.evaluation.pipeline`):
+the adversarial stage, whose result includes the per-sample worst case over its attacks, then the
+attack-failure checks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from robustlab.registry import Registry
+from robustlab.evaluation.adversarial import AdversarialStage
+from robustlab.evaluation.diagnostics import ChecksStage
+from robustlab.evaluation.pipeline import Stage
+from robustlab.evaluation.registry import SUITES
+from robustlab.threat import Threat
 
 
 @dataclass(frozen=True)
@@ -24,8 +32,37 @@ class Suite:
     def __doc__(self) -> str:  # Registry.describe reads the first line
         return self.description
 
+    def attack_plan(
+        self, overrides: dict[str, dict[str, Any]] | None = None
+    ) -> tuple[list[str], dict[str, dict[str, Any]]]:
+        """The suite's attack names and their keyword arguments, ``overrides[name]`` (e.g. from
+        ``--attack-arg``) taking precedence key by key."""
+        overrides = overrides or {}
+        kwargs = {
+            name: {**self.attack_kwargs.get(name, {}), **overrides.get(name, {})}
+            for name in set(self.attack_kwargs) | set(overrides)
+        }
+        return list(self.attacks), kwargs
 
-SUITES: Registry[Suite] = Registry("suite")
+    def stages(
+        self,
+        threats: Sequence[str | Threat],
+        overrides: dict[str, dict[str, Any]] | None = None,
+        *,
+        seed: int = 0,
+        state_path: str | Path | None = None,
+        probe_size: int = 100,
+    ) -> list[Stage]:
+        """The suite as evaluation stages at ``threats``, for
+        :func:`robustlab.evaluation.run_stages`."""
+        names, kwargs = self.attack_plan(overrides)
+        parsed = [Threat.parse(t) for t in threats]
+        return [
+            AdversarialStage(names, parsed, kwargs, seed=seed, state_path=state_path),
+            ChecksStage(probe_size),
+        ]
+
+
 SUITES.register(
     "autoattack-standard",
     Suite(("autoattack",), {"autoattack": {"version": "standard"}},

@@ -9,12 +9,8 @@ label smoothing, PolyLoss), :mod:`~robustlab.losses.robust` (MAE, GCE, RCE, SCE,
 :mod:`~robustlab.losses.sparsemax`.
 """
 
-from robustlab.registry import Registry
-
-LOSSES: Registry = Registry("loss")
-
-# Loss modules register on import; keep this list explicit.
-from robustlab.losses import (  # noqa: E402,F401
+# Loss modules register on import in LOSSES (robustlab.losses.registry); keep this list explicit.
+from robustlab.losses import (  # noqa: F401
     classification,
     comp_sum,
     ldr,
@@ -23,6 +19,7 @@ from robustlab.losses import (  # noqa: E402,F401
     robust,
     sparsemax,
 )
-from robustlab.losses._common import build_loss, per_sample_loss_fn  # noqa: E402
+from robustlab.losses._common import build_loss, per_sample_loss_fn
+from robustlab.losses.registry import LOSSES
 
 __all__ = ["LOSSES", "build_loss", "per_sample_loss_fn"]

@@ -117,7 +117,7 @@ class PerSampleLoss(nn.Module):
 
 def build_loss(loss: str | nn.Module, **kwargs) -> nn.Module:
     """A loss module from a registered name (built with ``kwargs``) or a module as it is."""
-    from robustlab.losses import LOSSES
+    from robustlab.losses.registry import LOSSES
 
     if isinstance(loss, nn.Module):
         if kwargs:
@@ -135,6 +135,12 @@ def build_loss(loss: str | nn.Module, **kwargs) -> nn.Module:
         return LOSSES.build(loss, **kwargs)
     except TypeError as e:
         raise RobustlabError(f"Cannot build loss {loss!r}: {e}.") from None
+
+
+def loss_name(loss: str | nn.Module) -> str:
+    """How a loss given by name or as a module is recorded in a config: the name, or the
+    module's class name."""
+    return loss if isinstance(loss, str) else type(loss).__name__
 
 
 def per_sample_loss_fn(loss: str | nn.Module) -> nn.Module:

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robustlab.errors import RobustlabError
-from robustlab.losses import LOSSES
 from robustlab.losses._common import (
     PerSampleLoss,
     check_unit_interval,
@@ -21,6 +20,7 @@ from robustlab.losses._common import (
     one_minus_exp,
     pick,
 )
+from robustlab.losses.registry import LOSSES
 from robustlab.validation import check_positive
 
 

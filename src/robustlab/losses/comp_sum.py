@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustlab.losses import LOSSES
 from robustlab.losses._common import PerSampleLoss, pick
+from robustlab.losses.registry import LOSSES
 from robustlab.validation import check_positive
 
 

@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from robustlab.errors import RobustlabError
-from robustlab.losses import LOSSES
 from robustlab.losses._common import PerSampleLoss, one_hot, pick
+from robustlab.losses.registry import LOSSES
 from robustlab.validation import check_int, check_positive
 
 # Guards the rescaling of an all-zero logit vector.

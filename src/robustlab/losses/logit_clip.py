@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
-from robustlab.losses import LOSSES
 from robustlab.losses._common import build_loss, check_loss_inputs
+from robustlab.losses.registry import LOSSES
 from robustlab.validation import check_positive
 
 # Guards the division for an all-zero logit vector (which is never clipped anyway).

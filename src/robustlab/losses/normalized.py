@@ -9,36 +9,56 @@ Hyper-parameters of the paper's MNIST setting: alpha=1, beta=10 (reference confi
 
 from __future__ import annotations
 
+import inspect
+from abc import abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from robustlab.errors import RobustlabError
-from robustlab.losses import LOSSES
 from robustlab.losses._common import (
     PerSampleLoss,
     check_unit_interval,
     focal_term,
+    one_minus_exp,
     pick,
 )
+from robustlab.losses.registry import LOSSES
 from robustlab.losses.robust import MAE, RCE
 from robustlab.validation import check_positive
 
 
+class NormalizedLoss(PerSampleLoss):
+    """A loss normalized over the labels, ``L_norm(z, y) = L(z, y) / sum_k L(z, k)`` (Ma et al.
+    2020, Eq. 3); subclasses give ``L(z, k)`` for every label (:meth:`per_label`)."""
+
+    @abstractmethod
+    def per_label(self, logits: Tensor) -> Tensor:
+        """``L(z, k)`` for every sample and label, shape (N, K)."""
+
+    def normalizer(self, losses: Tensor) -> Tensor | int:
+        """``sum_k L(z, k)`` of Eq. 3."""
+        return losses.sum(1)
+
+    def per_sample(self, logits: Tensor, target: Tensor) -> Tensor:
+        losses = self.per_label(logits)
+        return pick(losses, target) / self.normalizer(losses)
+
+
 @LOSSES.register("nce")
-class NCE(PerSampleLoss):
+class NCE(NormalizedLoss):
     """Normalized cross-entropy ``NCE = log p_y / sum_k log p_k`` (Ma et al. 2020, Eq. 4).
 
     Each term ``log p_k`` is <= 0, so NCE lies in [0, 1], and it is 0 exactly when ``p_y = 1``.
     """
 
-    def per_sample(self, logits: Tensor, target: Tensor) -> Tensor:
-        log_p = F.log_softmax(logits, 1)
-        return pick(log_p, target) / log_p.sum(1)
+    def per_label(self, logits: Tensor) -> Tensor:
+        return -F.log_softmax(logits, 1)
 
 
 @LOSSES.register("nfl")
-class NFL(PerSampleLoss):
+class NFL(NormalizedLoss):
     """Normalized focal loss ``NFL = FL_y / sum_k FL_k`` with ``FL_k = -(1 - p_k)^gamma log p_k``
     (Ma et al. 2020, Eq. 5). Gradients flow through numerator and normalizer alike."""
 
@@ -46,13 +66,12 @@ class NFL(PerSampleLoss):
         super().__init__(reduction)
         self.gamma = check_positive(gamma, "gamma", allow_zero=True)
 
-    def per_sample(self, logits: Tensor, target: Tensor) -> Tensor:
-        fl = focal_term(F.log_softmax(logits, 1), self.gamma)
-        return pick(fl, target) / fl.sum(1)
+    def per_label(self, logits: Tensor) -> Tensor:
+        return focal_term(F.log_softmax(logits, 1), self.gamma)
 
 
 @LOSSES.register("ngce")
-class NGCE(PerSampleLoss):
+class NGCE(NormalizedLoss):
     """Normalized GCE ``NGCE = (1 - p_y^q) / (K - sum_k p_k^q)`` (Ma et al. 2020, Eq. 6)."""
 
     def __init__(self, q: float = 0.7, reduction: str = "mean") -> None:
@@ -61,17 +80,20 @@ class NGCE(PerSampleLoss):
         if self.q == 0:
             raise RobustlabError("q must be in (0, 1] for NGCE, got 0.")
 
-    def per_sample(self, logits: Tensor, target: Tensor) -> Tensor:
-        gce = -torch.expm1(self.q * F.log_softmax(logits, 1))  # q * GCE of every label
-        return pick(gce, target) / gce.sum(1)
+    def per_label(self, logits: Tensor) -> Tensor:
+        return -torch.expm1(self.q * F.log_softmax(logits, 1))  # q * GCE of every label
 
 
 @LOSSES.register("nmae")
-class NMAE(MAE):
+class NMAE(NormalizedLoss):
     """Normalized MAE ``NMAE = (1 - p_y) / sum_k (1 - p_k) = (1 - p_y) / (K - 1)``."""
 
-    def per_sample(self, logits: Tensor, target: Tensor) -> Tensor:
-        return super().per_sample(logits, target) / (logits.shape[1] - 1)
+    def per_label(self, logits: Tensor) -> Tensor:
+        return one_minus_exp(F.log_softmax(logits, 1))  # MAE of every label
+
+    def normalizer(self, losses: Tensor) -> int:
+        """``sum_k (1 - p_k) = K - 1``, in closed form."""
+        return losses.shape[1] - 1
 
 
 class ActivePassiveLoss(PerSampleLoss):
@@ -100,43 +122,28 @@ class ActivePassiveLoss(PerSampleLoss):
         return f"alpha={self.alpha}, beta={self.beta}, reduction={self.reduction!r}"
 
 
-@LOSSES.register("nce+rce")
-class NCEandRCE(ActivePassiveLoss):
-    """APL ``alpha NCE + beta RCE`` (Ma et al. 2020)."""
-
-    active_loss, passive_loss = NCE, RCE
-
-
-@LOSSES.register("nce+mae")
-class NCEandMAE(ActivePassiveLoss):
-    """APL ``alpha NCE + beta MAE`` (Ma et al. 2020)."""
-
-    active_loss, passive_loss = NCE, MAE
-
-
-@LOSSES.register("nfl+rce")
-class NFLandRCE(ActivePassiveLoss):
-    """APL ``alpha NFL + beta RCE`` (Ma et al. 2020); ``gamma`` goes to NFL."""
-
-    active_loss, passive_loss = NFL, RCE
+def active_passive(active: type[PerSampleLoss], passive: type[PerSampleLoss]) -> type:
+    """The APL class ``alpha active + beta passive`` (e.g. ``NCEandRCE``), registered as
+    ``"nce+rce"``; the active loss's own arguments (``gamma``, ``q``) go to it."""
+    a, p = active.__name__, passive.__name__
+    own = [n for n in inspect.signature(active).parameters if n != "reduction"]
+    note = "".join(f"; ``{n}`` goes to {a}" for n in own)
+    cls = type(
+        f"{a}and{p}",
+        (ActivePassiveLoss,),
+        {
+            "__doc__": f"APL ``alpha {a} + beta {p}`` (Ma et al. 2020){note}.",
+            "__module__": __name__,
+            "active_loss": active,
+            "passive_loss": passive,
+        },
+    )
+    return LOSSES.register(f"{a.lower()}+{p.lower()}", cls)
 
 
-@LOSSES.register("nfl+mae")
-class NFLandMAE(ActivePassiveLoss):
-    """APL ``alpha NFL + beta MAE`` (Ma et al. 2020); ``gamma`` goes to NFL."""
-
-    active_loss, passive_loss = NFL, MAE
-
-
-@LOSSES.register("ngce+rce")
-class NGCEandRCE(ActivePassiveLoss):
-    """APL ``alpha NGCE + beta RCE`` (Ma et al. 2020); ``q`` goes to NGCE."""
-
-    active_loss, passive_loss = NGCE, RCE
-
-
-@LOSSES.register("ngce+mae")
-class NGCEandMAE(ActivePassiveLoss):
-    """APL ``alpha NGCE + beta MAE`` (Ma et al. 2020); ``q`` goes to NGCE."""
-
-    active_loss, passive_loss = NGCE, MAE
+NCEandRCE = active_passive(NCE, RCE)
+NCEandMAE = active_passive(NCE, MAE)
+NFLandRCE = active_passive(NFL, RCE)
+NFLandMAE = active_passive(NFL, MAE)
+NGCEandRCE = active_passive(NGCE, RCE)
+NGCEandMAE = active_passive(NGCE, MAE)

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robustlab.errors import RobustlabError
-from robustlab.losses import LOSSES
 from robustlab.losses._common import (
     PerSampleLoss,
     check_unit_interval,
@@ -22,6 +21,7 @@ from robustlab.losses._common import (
     one_minus_exp,
     pick,
 )
+from robustlab.losses.registry import LOSSES
 from robustlab.validation import check_positive
 
 BOOTSTRAP_MODES = ("soft", "hard")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robustlab.losses import LOSSES
 from robustlab.losses._common import PerSampleLoss, pick
+from robustlab.losses.registry import LOSSES
 
 
 def _threshold(z: Tensor) -> Tensor:

@@ -24,11 +24,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
-from robustlab.registry import Registry
+from robustlab.models.registry import MODELS
 from robustlab.registry import _normalize as normalize_name
 from robustlab.validation import check_int
-
-MODELS: Registry[Callable[..., nn.Sequential]] = Registry("model")
 
 SPEC_ATTR = "robustlab_spec"
 _FIXED = ("input_shape", "num_classes")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from robustlab.models.builders import conv_classifier
-from robustlab.models.factory import MODELS
+from robustlab.models.registry import MODELS
 from robustlab.models.shapes import image_shape
 
 # (out_channels, kernel, stride) per conv layer, the hidden fc widths, "SAME" padding or not.

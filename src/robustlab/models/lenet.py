@@ -8,7 +8,7 @@ from __future__ import annotations
 from torch import nn
 
 from robustlab.models.builders import conv_classifier
-from robustlab.models.factory import MODELS
+from robustlab.models.registry import MODELS
 from robustlab.models.shapes import image_shape
 
 

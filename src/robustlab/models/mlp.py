@@ -9,7 +9,7 @@ from torch import nn
 
 from robustlab.errors import RobustlabError
 from robustlab.models.builders import dense_layers
-from robustlab.models.factory import MODELS
+from robustlab.models.registry import MODELS
 
 
 def _check_hidden(hidden: Sequence[int]) -> list[int]:

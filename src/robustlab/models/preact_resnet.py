@@ -8,7 +8,7 @@ from __future__ import annotations
 from torch import nn
 
 from robustlab.models.builders import conv3x3, preact_head, preact_stages
-from robustlab.models.factory import MODELS
+from robustlab.models.registry import MODELS
 from robustlab.models.shapes import feature_shape, image_shape
 from robustlab.validation import check_int
 

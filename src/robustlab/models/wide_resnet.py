@@ -10,7 +10,7 @@ from torch import nn
 
 from robustlab.errors import RobustlabError
 from robustlab.models.builders import conv3x3, kaiming_init_, preact_head, preact_stages
-from robustlab.models.factory import MODELS
+from robustlab.models.registry import MODELS
 from robustlab.models.shapes import feature_shape, image_shape
 from robustlab.validation import check_int
 

@@ -9,9 +9,10 @@ are saved and restored on resume.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -70,6 +71,11 @@ class Method(nn.Module, metaclass=ABCMeta):
 
     name: ClassVar[str] = "method"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls):  # a signature set by @forwards_base on a base is not ours
+            cls.__signature__ = None
+
     def setup(self, trainer: Trainer) -> None:
         """Called once before training starts (the model, data and device are known)."""
 
@@ -94,6 +100,28 @@ class Method(nn.Module, metaclass=ABCMeta):
         """The method's hyper-parameters, recorded with every result and checkpoint: its public
         attributes that are plain data (threats as their string form)."""
         return {"name": self.name, **_plain_attributes(self)}
+
+
+M = TypeVar("M", bound=type)
+
+
+def forwards_base(cls: M) -> M:
+    """Class decorator for a method whose ``__init__(self, <its own parameters>, **base)`` passes
+    ``**base`` on to its base class: ``inspect.signature(cls)`` then lists its own parameters
+    followed by the base class's others (keyword-only), so that every accepted keyword is
+    declared once and still seen by ``Registry.build`` (which rejects unknown keywords) and by
+    ``robustlab list``."""
+    own = inspect.signature(cls.__init__)
+    params = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD][1:]  # no self
+    names = {p.name for p in params}
+    base = inspect.signature(cls.__mro__[1]).parameters.values()
+    params += [
+        p.replace(kind=p.KEYWORD_ONLY)
+        for p in base
+        if p.name not in names and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    cls.__signature__ = own.replace(parameters=params)
+    return cls
 
 
 def _plain(value: Any) -> Any:

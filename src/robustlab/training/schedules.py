@@ -1,7 +1,10 @@
 """Schedules: learning rate per step, and the eps ramp used by adversarial and certified training.
 
 The eps ramp (Gowal et al. 2018) grows the training radius linearly from 0 to its full value so
-that early training is not dominated by an attack the model cannot yet resist.
+that early training is not dominated by an attack the model cannot yet resist. Every piece of
+ramp arithmetic lives here: the trainer's ramp value :func:`ramp` (and any named ramp,
+:func:`ramp_values`), the radius at that value (:func:`ramped_eps`, :func:`ramped_threat`) and
+coefficients that follow it (:func:`ramp_between`, e.g. IBP's ``kappa``).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import math
 
 from robustlab.errors import RobustlabError
+from robustlab.threat import Threat
 
 LR_SCHEDULES = ("constant", "cosine", "step", "linear")
 
@@ -37,6 +41,28 @@ def ramp(epoch_float: float, start: float, length: float) -> float:
     if length <= 0:
         return 1.0 if epoch_float >= start else 0.0
     return min(1.0, max(0.0, (epoch_float - start) / length))
+
+
+def ramped_eps(eps: float, scale: float, factor: float = 1.0) -> float:
+    """The training radius ``eps * factor * scale`` at ramp value ``scale`` (``factor``: a
+    training radius larger than the target one, e.g. IBP's 1.1, Gowal et al. 2018)."""
+    return eps * factor * scale
+
+
+def ramped_threat(threat: Threat, scale: float) -> Threat | None:
+    """``threat`` at the ramped radius :func:`ramped_eps`, or None at radius 0 (clean inputs)."""
+    eps = ramped_eps(threat.eps, scale)
+    return threat.with_eps(eps) if eps > 0 else None
+
+
+def ramp_between(start: float, end: float, scale: float) -> float:
+    """A coefficient that goes linearly from ``start`` to ``end`` as the ramp goes from 0 to 1."""
+    return start + (end - start) * scale
+
+
+def cosine_anneal(start: float, end: float, progress: float) -> float:
+    """``start`` at progress 0 to ``end`` at progress 1 along a half cosine."""
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
 def parse_ramp(name: str, spec: object) -> tuple[float, float]:

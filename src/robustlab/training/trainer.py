@@ -19,9 +19,7 @@ checkpoint of epoch ``e`` continues exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,112 +29,30 @@ from torch import nn
 
 from robustlab.attacks import PGD
 from robustlab.data import ArrayDataset
-from robustlab.errors import CheckpointError, RobustlabError
-from robustlab.io import atomic_write_text
-from robustlab.models import load_checkpoint, make_checkpoint, model_spec, save_checkpoint
+from robustlab.errors import RobustlabError
 from robustlab.progress import progress_bar
 from robustlab.runtime import distributed as dist
-from robustlab.threat import Threat
+from robustlab.training.checkpoint import (  # noqa: F401  (names of the run's files, re-exported)
+    BEST_NAME,
+    CHECKPOINT_NAME,
+    EMA_NAME,
+    METRICS_NAME,
+    resume_run,
+    save_best,
+    save_run,
+    training_state,
+)
+from robustlab.training.config import (  # noqa: F401  (re-exported: the trainer's public API)
+    AMP_DTYPES,
+    OPTIMIZERS,
+    TrainConfig,
+    build_optimizer,
+)
 from robustlab.training.early_stopping import EarlyStopping, split_accuracy
 from robustlab.training.ema import WeightEMA
 from robustlab.training.method import Batch, LossOutput, Method, StepContext
 from robustlab.training.sam import SAM
-from robustlab.training.schedules import LR_SCHEDULES, lr_factor, parse_ramp, ramp, ramp_values
-from robustlab.validation import check_int, check_positive
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-AMP_DTYPES = ("bfloat16", "float16")
-CHECKPOINT_NAME = "checkpoint.pt"
-BEST_NAME = "best.pt"
-EMA_NAME = "ema.pt"
-METRICS_NAME = "metrics.jsonl"
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of the training loop (the method has its own)."""
-
-    epochs: int = 10
-    batch_size: int = 128  # the global batch: split over the ranks of a distributed run
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    eps_ramp_start: float = 0.0  # epochs of clean (eps_scale 0) training before the ramp
-    eps_ramp_epochs: float = 0.0  # epochs over which eps_scale goes from 0 to 1
-    #: other linear 0 -> 1 ramps by name, {name: (start_epoch, length_epochs)}; ctx.scale(name)
-    ramps: dict[str, Any] = field(default_factory=dict)
-    grad_clip: float | None = None
-    amp: bool = False  # mixed precision on GPU (ignored on CPU, which stays in float32)
-    amp_dtype: str = "bfloat16"  # or "float16" (with a gradient scaler)
-    sam_rho: float = 0.0  # > 0: SAM (Foret et al. 2021) with this radius
-    sam_adaptive: bool = False  # ASAM (Kwon et al. 2021)
-    sam_eta: float = 0.01  # ASAM's T_w = |w| + eta
-    ema_decay: float | None = None  # weight EMA (evaluation and ema.pt use the averaged weights)
-    robust_val_every: int = 0  # > 0: PGD on the validation split every k epochs, keep best.pt
-    robust_val_threat: str | None = None  # default: the method's training threat
-    robust_val_steps: int = 10
-    robust_val_restarts: int = 1
-    patience: int | None = None  # stop after this many robust evaluations without improvement
-    seed: int = 0
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        check_int(self.epochs, "epochs")
-        check_int(self.batch_size, "batch_size")
-        check_positive(self.lr, "lr")
-        check_positive(self.momentum, "momentum", allow_zero=True)
-        check_positive(self.weight_decay, "weight_decay", allow_zero=True)
-        check_positive(self.warmup_epochs, "warmup_epochs", allow_zero=True)
-        check_positive(self.eps_ramp_start, "eps_ramp_start", allow_zero=True)
-        check_positive(self.eps_ramp_epochs, "eps_ramp_epochs", allow_zero=True)
-        check_positive(self.sam_rho, "sam_rho", allow_zero=True)
-        check_positive(self.sam_eta, "sam_eta", allow_zero=True)
-        check_int(self.robust_val_every, "robust_val_every", minimum=0)
-        check_int(self.robust_val_steps, "robust_val_steps")
-        check_int(self.robust_val_restarts, "robust_val_restarts")
-        if self.patience is not None:
-            check_int(self.patience, "patience")
-        if self.grad_clip is not None:
-            check_positive(self.grad_clip, "grad_clip")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise RobustlabError(f"ema_decay must be in (0, 1), got {self.ema_decay!r}.")
-        if self.optimizer not in OPTIMIZERS:
-            raise RobustlabError(
-                f"Unknown optimizer '{self.optimizer}'; known: {', '.join(OPTIMIZERS)}."
-            )
-        if self.schedule not in LR_SCHEDULES:
-            raise RobustlabError(
-                f"Unknown learning-rate schedule '{self.schedule}'; known: {', '.join(LR_SCHEDULES)}."
-            )
-        if self.amp_dtype not in AMP_DTYPES:
-            raise RobustlabError(
-                f"Unknown amp_dtype '{self.amp_dtype}'; known: {', '.join(AMP_DTYPES)}."
-            )
-        if "eps" in self.ramps:
-            raise RobustlabError(
-                "the eps ramp is set with eps_ramp_start and eps_ramp_epochs, not in ramps."
-            )
-        # plain lists, so the config is JSON and weights_only-checkpoint data
-        self.ramps = {str(k): list(parse_ramp(k, v)) for k, v in self.ramps.items()}
-        if self.robust_val_threat is not None:
-            self.robust_val_threat = str(Threat.parse(self.robust_val_threat))
-
-
-def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer | SAM:
-    """The base optimiser of ``cfg``, wrapped in SAM/ASAM when ``cfg.sam_rho > 0``."""
-    if cfg.optimizer == "sgd":
-        base: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-    else:
-        cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-        base = cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.sam_rho > 0:
-        return SAM(base, rho=cfg.sam_rho, adaptive=cfg.sam_adaptive, eta=cfg.sam_eta)
-    return base
+from robustlab.training.schedules import lr_factor, ramp, ramp_values
 
 
 class Trainer:
@@ -308,12 +224,8 @@ class Trainer:
         if not robust_now or self.stopper is None or result.robust is None:
             return
         record["val_robust_acc"] = result.robust
-        if self.stopper.update(epoch + 1, result.robust) and self.out_dir and dist.is_main():
-            extra = {"epoch": epoch + 1, "val_acc": result.clean, "val_robust_acc": result.robust}
-            save_checkpoint(
-                self.out_dir / BEST_NAME,
-                make_checkpoint(self.eval_model, **extra, train_config=asdict(cfg)),
-            )
+        if self.stopper.update(epoch + 1, result.robust):
+            save_best(self, epoch + 1, result.clean, result.robust)
         record["best_epoch"] = self.stopper.best_epoch
 
     def fit(self, resume: bool = False) -> list[dict[str, Any]]:
@@ -368,71 +280,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state(self, epoch: int) -> dict[str, Any]:
-        state = {
-            "epoch": epoch,
-            "optimizer": self.optimizer.state_dict(),
-            "method_name": self.method.name,
-            "method_config": self.method.config(),
-            "method_state": self.method.state_dict(),
-            "train_config": asdict(self.config),
-            "history": self.history,
-        }
-        if self.ema is not None:
-            state["ema"] = self.ema.state_dict()
-        if self.scaler is not None:
-            state["scaler"] = self.scaler.state_dict()
-        if self.stopper is not None:
-            state["early_stopping"] = self.stopper.state_dict()
-        return state
+        """The training state after ``epoch`` epochs (:func:`.checkpoint.training_state`)."""
+        return training_state(self, epoch)
 
     def save(self, epoch: int) -> None:
-        if self.out_dir is None or not dist.is_main():
-            return
-        save_checkpoint(
-            self.out_dir / CHECKPOINT_NAME, make_checkpoint(self.model, **self.state(epoch))
-        )
-        if self.ema is not None:
-            save_checkpoint(
-                self.out_dir / EMA_NAME,
-                make_checkpoint(self.ema.module, epoch=epoch, ema_decay=self.ema.decay),
-            )
-        lines = "".join(json.dumps(r) + "\n" for r in self.history)
-        atomic_write_text(self.out_dir / METRICS_NAME, lines)
+        """Write the run's files after ``epoch`` epochs (:func:`.checkpoint.save_run`)."""
+        save_run(self, epoch)
 
     def resume(self) -> None:
-        """Load the checkpoint in ``out_dir`` if there is one (a fresh run otherwise)."""
-        if self.out_dir is None:
-            raise RobustlabError("resuming needs an output directory (out_dir).")
-        path = self.out_dir / CHECKPOINT_NAME
-        if not path.exists():
-            return
-        ckpt = load_checkpoint(path)
-        if "optimizer" not in ckpt or "epoch" not in ckpt:
-            raise CheckpointError(f"{path} is a model checkpoint without training state to resume.")
-        if ckpt.get("method_name") != self.method.name:
-            raise CheckpointError(
-                f"{path} was written by method '{ckpt.get('method_name')}', not '{self.method.name}'."
-            )
-        if model_spec(self.model) and ckpt.get("model_name") != model_spec(self.model)["name"]:
-            raise CheckpointError(
-                f"{path} holds a '{ckpt.get('model_name')}' model, not '{model_spec(self.model)['name']}'."
-            )
-        for key, part in (("ema", self.ema), ("scaler", self.scaler),
-                          ("early_stopping", self.stopper)):  # fmt: skip
-            if part is not None and key not in ckpt:
-                raise CheckpointError(
-                    f"{path} was written without {key.replace('_', ' ')}; resume with the "
-                    "configuration that wrote it or start a new run directory."
-                )
-        try:
-            self.model.load_state_dict(ckpt["state_dict"])
-            self.method.load_state_dict(ckpt["method_state"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            for key, part in (("ema", self.ema), ("scaler", self.scaler),
-                              ("early_stopping", self.stopper)):  # fmt: skip
-                if part is not None:
-                    part.load_state_dict(ckpt[key])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{path} does not match this model and method: {e}") from None
-        self.start_epoch = int(ckpt["epoch"])
-        self.history = list(ckpt.get("history", []))
+        """Load the checkpoint in ``out_dir`` if there is one (:func:`.checkpoint.resume_run`)."""
+        resume_run(self)

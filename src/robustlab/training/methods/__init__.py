@@ -1,12 +1,8 @@
 """Training methods by name. Each module registers its methods on :data:`METHODS`."""
 
-from robustlab.registry import Registry
-from robustlab.training.method import Method
-
-METHODS: Registry[type[Method]] = Registry("method")
-
-# Method modules register on import; keep this list explicit (no import-time scanning).
-from robustlab.training.methods import (  # noqa: E402,F401
+# Method modules register on import in METHODS (robustlab.training.methods.registry); keep this
+# list explicit (no import-time scanning).
+from robustlab.training.methods import (  # noqa: F401
     adversarial,
     auxiliary,
     certified,
@@ -21,5 +17,6 @@ from robustlab.training.methods import (  # noqa: E402,F401
     vat,
     weight_perturbation,
 )
+from robustlab.training.methods.registry import METHODS
 
 __all__ = ["METHODS"]

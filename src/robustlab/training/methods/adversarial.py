@@ -16,10 +16,12 @@ from abc import abstractmethod
 from torch import nn
 
 from robustlab.attacks import PGD, Attack
+from robustlab.losses._common import loss_name
 from robustlab.threat import Threat
 from robustlab.training.method import Batch, LossOutput, Method, StepContext
-from robustlab.training.methods import METHODS
+from robustlab.training.methods.registry import METHODS
 from robustlab.training.methods.standard import resolve_loss
+from robustlab.training.schedules import ramped_threat
 from robustlab.validation import check_int, check_positive
 
 
@@ -29,7 +31,7 @@ class AdversarialMethod(Method):
     def __init__(self, threat: Threat | str = "linf:0.3", loss: str | nn.Module = "ce") -> None:
         super().__init__()
         self.threat = Threat.parse(threat)
-        self.loss_name = loss if isinstance(loss, str) else type(loss).__name__
+        self.loss_name = loss_name(loss)
         self.loss_fn = resolve_loss(loss)
 
     @abstractmethod
@@ -38,10 +40,10 @@ class AdversarialMethod(Method):
 
     def adversarial(self, model: nn.Module, batch: Batch, ctx: StepContext):
         """The inner maximisation at the current (ramped) radius; clean inputs at radius 0."""
-        eps = self.threat.eps * ctx.eps_scale
-        if eps <= 0:
+        threat = ramped_threat(self.threat, ctx.eps_scale)
+        if threat is None:
             return batch.x
-        return self.make_attack(self.threat.with_eps(eps)).maximize(model, batch.x, batch.y)
+        return self.make_attack(threat).maximize(model, batch.x, batch.y)
 
     def compute_loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> LossOutput:
         x_adv = self.adversarial(model, batch, ctx)
@@ -69,6 +71,17 @@ class PGDAT(AdversarialMethod):
 
     def make_attack(self, threat: Threat) -> Attack:
         return PGD(threat, steps=self.steps, step_size=self.step_size, early_stop=False)
+
+
+class PGDBased(PGDAT):
+    """PGD-AT's inner attack (``threat``, ``steps``, ``step_size``) under a method with a loss of
+    its own: no ``loss`` argument. Subclasses add their parameters and pass the rest on
+    (:func:`~robustlab.training.method.forwards_base`)."""
+
+    def __init__(
+        self, threat: Threat | str = "linf:0.3", steps: int = 10, step_size: float | None = None
+    ) -> None:
+        super().__init__(threat, steps=steps, step_size=step_size)
 
 
 @METHODS.register("fgsm-rs")

@@ -9,6 +9,7 @@ and checkpoints it.
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,18 +18,19 @@ from torch import Tensor, nn
 from robustlab.errors import RobustlabError
 from robustlab.losses.adversarial import kl_divergence
 from robustlab.threat import Threat
-from robustlab.training.method import Batch, LossOutput, StepContext
-from robustlab.training.methods import METHODS
-from robustlab.training.methods.adversarial import PGDAT
+from robustlab.training.method import Batch, LossOutput, StepContext, forwards_base
+from robustlab.training.methods.adversarial import PGDBased
+from robustlab.training.methods.registry import METHODS
 from robustlab.training.methods.shared import feature_dim, features_and_logits, grad_reverse
 from robustlab.validation import check_int, check_positive
 
 
-class AuxiliaryHead(PGDAT):
+@forwards_base
+class AuxiliaryHead(PGDBased):
     """Shared machinery: ``self.head`` built on the model's feature width."""
 
-    def __init__(self, threat, steps, step_size) -> None:
-        super().__init__(threat, steps=steps, step_size=step_size)
+    def __init__(self, threat: Threat | str = "linf:0.3", **base: Any) -> None:
+        super().__init__(threat, **base)
         self.head: nn.Module | None = None
 
     @abstractmethod
@@ -51,6 +53,7 @@ class AuxiliaryHead(PGDAT):
 
 
 @METHODS.register("dial")
+@forwards_base
 class DIAL(AuxiliaryHead):
     """Domain-invariant adversarial learning (DIAL; Levi, Attias & Kontorovich 2021):
     a domain classifier ``D`` on the features ``h`` tells natural (domain 0) from adversarial
@@ -71,10 +74,9 @@ class DIAL(AuxiliaryHead):
         r: float = 0.1,
         variant: str = "ce",
         hidden: int = 64,
-        steps: int = 10,
-        step_size: float | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(threat, steps, step_size)
+        super().__init__(threat, **base)
         if variant not in ("ce", "kl"):
             raise RobustlabError(f"variant must be 'ce' or 'kl', got {variant!r}.")
         self.lam = check_positive(lam, "lam", allow_zero=True)
@@ -121,6 +123,7 @@ def rotations(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @METHODS.register("rotation")
+@forwards_base
 class Rotation(AuxiliaryHead):
     """Self-supervised rotation prediction as an auxiliary task (Hendrycks, Mazeika, Kadavath &
     Song, NeurIPS 2019): a 4-way head on the features predicts the rotation of the
@@ -139,10 +142,9 @@ class Rotation(AuxiliaryHead):
         threat: Threat | str = "linf:0.3",
         lam: float = 0.5,
         adversarial_training: bool = True,
-        steps: int = 10,
-        step_size: float | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(threat, steps, step_size)
+        super().__init__(threat, **base)
         self.lam = check_positive(lam, "lam", allow_zero=True)
         self.adversarial_training = bool(adversarial_training)
 

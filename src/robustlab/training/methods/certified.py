@@ -55,8 +55,9 @@ from robustlab.certify.spec import as_bound_threat, margin_spec
 from robustlab.certify.tightness import propagation_tightness
 from robustlab.errors import RobustlabError
 from robustlab.threat import Threat
-from robustlab.training.method import Batch, LossOutput, Method, StepContext
-from robustlab.training.methods import METHODS
+from robustlab.training.method import Batch, LossOutput, Method, StepContext, forwards_base
+from robustlab.training.methods.registry import METHODS
+from robustlab.training.schedules import ramp_between, ramped_eps
 from robustlab.validation import check_int, check_positive
 
 
@@ -65,11 +66,6 @@ def _unit(value: float, name: str) -> float:
     if v > 1:
         raise RobustlabError(f"{name} must be in [0, 1], got {value!r}.")
     return v
-
-
-def ramp_value(start: float, end: float, ctx: StepContext) -> float:
-    """Linear schedule from ``start`` to ``end`` over the eps ramp (``ctx.eps_scale`` 0 -> 1)."""
-    return start + (end - start) * ctx.eps_scale
 
 
 class BoundTraining(Method):
@@ -100,7 +96,7 @@ class BoundTraining(Method):
         self._tightness: float | None = None
 
     def train_threat(self, ctx: StepContext) -> Threat:
-        return self.threat.with_eps(self.threat.eps * self.eps_factor * ctx.eps_scale)
+        return self.threat.with_eps(ramped_eps(self.threat.eps, ctx.eps_scale, self.eps_factor))
 
     @abstractmethod
     def robust_loss(
@@ -113,7 +109,7 @@ class BoundTraining(Method):
 
     def schedules(self, ctx: StepContext) -> dict[str, float]:
         """The scheduled coefficients at this step."""
-        return {"kappa": ramp_value(self.kappa_start, self.kappa_end, ctx)}
+        return {"kappa": ramp_between(self.kappa_start, self.kappa_end, ctx.eps_scale)}
 
     def compute_loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> LossOutput:
         logits = model(batch.x)
@@ -166,6 +162,7 @@ class IBPTraining(BoundTraining):
 
 
 @METHODS.register("crown-ibp")
+@forwards_base
 class CrownIBPTraining(BoundTraining):
     """CROWN-IBP training (Zhang et al. 2020): bounds beta CROWN-IBP + (1 - beta) IBP, beta 1->0."""
 
@@ -175,27 +172,16 @@ class CrownIBPTraining(BoundTraining):
         self,
         threat: Threat | str = "linf:0.1",
         *,
-        eps_factor: float | None = None,
-        kappa_start: float = 1.0,
-        kappa_end: float = 0.5,
         beta_start: float = 1.0,
         beta_end: float = 0.0,
-        tightness_samples: int = 16,
-        tightness_every: int = 10,
+        **base: Any,
     ) -> None:
-        super().__init__(
-            threat,
-            eps_factor=eps_factor,
-            kappa_start=kappa_start,
-            kappa_end=kappa_end,
-            tightness_samples=tightness_samples,
-            tightness_every=tightness_every,
-        )
+        super().__init__(threat, **base)
         self.beta_start = _unit(beta_start, "beta_start")
         self.beta_end = _unit(beta_end, "beta_end")
 
     def schedules(self, ctx: StepContext) -> dict[str, float]:
-        return {**super().schedules(ctx), "beta": ramp_value(self.beta_start, self.beta_end, ctx)}
+        return {**super().schedules(ctx), "beta": ramp_between(self.beta_start, self.beta_end, ctx.eps_scale)}
 
     def robust_loss(self, model, batch, threat, coef, logits):
         state = setup(model, batch.x, threat, logits=logits)
@@ -300,9 +286,6 @@ class GaussianNoise(Method):
         logits = model(noisy)
         return LossOutput(F.cross_entropy(logits, batch.y), logits, {})
 
-    def config(self) -> dict[str, Any]:
-        return {"name": self.name, "sigma": self.sigma}
-
 
 @METHODS.register("emma")
 class EMMA(Method):
@@ -330,7 +313,7 @@ class EMMA(Method):
         feature, total = network_constants(graph, self.power)
         lip = float(total.detach())
         consts = pair_constants(graph, batch.y, feature, total)
-        eps = l2_radius(self.threat, tuple(batch.x.shape[1:])) * ctx.eps_scale
+        eps = ramped_eps(l2_radius(self.threat, tuple(batch.x.shape[1:])), ctx.eps_scale)
         if eps <= 0:
             return LossOutput(F.cross_entropy(logits, batch.y), logits, {"lipschitz": lip})
         loss = F.cross_entropy(emma_logits(logits, batch.y, consts, eps), batch.y)

@@ -8,7 +8,6 @@ trainable and the trainer optimises them with the model.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +18,28 @@ from torch import Tensor, nn
 from robustlab.errors import RobustlabError
 from robustlab.losses.adversarial import kl_divergence, smooth_labels, soft_cross_entropy
 from robustlab.threat import Threat
-from robustlab.training.method import Batch, LossOutput, StepContext
-from robustlab.training.methods import METHODS
-from robustlab.training.methods.adversarial import PGDAT
+from robustlab.training.method import Batch, LossOutput, StepContext, forwards_base
+from robustlab.training.methods.adversarial import PGDBased
+from robustlab.training.methods.registry import METHODS
 from robustlab.training.methods.shared import (
     ema_update,
     fresh_copy,
     frozen_copy,
     teacher_logits,
 )
+from robustlab.training.schedules import cosine_anneal
 from robustlab.validation import check_int, check_positive
 
 
-def cosine_anneal(start: float, end: float, progress: float) -> float:
-    """``start`` at progress 0 to ``end`` at progress 1 along a half cosine."""
-    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-
-
-class EMATeacher(PGDAT):
+@forwards_base
+class EMATeacher(PGDBased):
     """Shared machinery: an EMA copy of the model (``self.teacher``), created at setup and
     updated after every optimiser step."""
 
-    def __init__(self, threat, steps, step_size, decay: float) -> None:
-        super().__init__(threat, steps=steps, step_size=step_size)
+    def __init__(
+        self, threat: Threat | str = "linf:0.3", *, decay: float = 0.999, **base: Any
+    ) -> None:
+        super().__init__(threat, **base)
         if not 0 <= decay < 1:
             raise RobustlabError(f"decay must be in [0, 1), got {decay!r}.")
         self.decay = float(decay)
@@ -59,6 +57,7 @@ class EMATeacher(PGDAT):
 
 
 @METHODS.register("adr")
+@forwards_base
 class ADR(EMATeacher):
     """Annealing self-distillation rectification (ADR; Wu, Wang & Chen, ICLR 2024):
     PGD-AT whose hard label is replaced by the rectified soft target
@@ -79,11 +78,9 @@ class ADR(EMATeacher):
         tau_end: float = 1.5,
         lam_start: float = 0.7,
         lam_end: float = 0.5,
-        decay: float = 0.999,
-        steps: int = 10,
-        step_size: float | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(threat, steps, step_size, decay)
+        super().__init__(threat, **base)
         for name, v in (("lam_start", lam_start), ("lam_end", lam_end)):
             if not 0 <= v <= 1:
                 raise RobustlabError(f"{name} must be in [0, 1], got {v!r}.")
@@ -120,7 +117,8 @@ def _load_teacher(teacher: str | Path | nn.Module | None, what: str) -> nn.Modul
 
 
 @METHODS.register("mtard")
-class MTARD(PGDAT):
+@forwards_base
+class MTARD(PGDBased):
     """Multi-teacher adversarial robustness distillation (MTARD; Zhao et al., ECCV 2022): KL to a
     robust teacher at the PGD point and to a clean teacher at the clean point, adaptively weighted,
 
@@ -142,10 +140,9 @@ class MTARD(PGDAT):
         clean_teacher: str | nn.Module | None = None,
         weight_lr: float = 0.025,
         power: float = 1.0,
-        steps: int = 10,
-        step_size: float | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(threat, steps=steps, step_size=step_size)
+        super().__init__(threat, **base)
         self.robust_teacher_source = _source(robust_teacher)
         self.clean_teacher_source = _source(clean_teacher)
         self.teacher_adv = _load_teacher(robust_teacher, "robust")
@@ -203,7 +200,8 @@ def _source(teacher: Any) -> str | None:
 
 
 @METHODS.register("mutual-at")
-class MutualAT(PGDAT):
+@forwards_base
+class MutualAT(PGDBased):
     """Mutual adversarial training (MAT; Liu et al. 2021, "Mutual adversarial training: learning
     together is better than going alone"): ``peers`` extra models of the model's
     architecture (fresh initialisations, owned by the method and trained with it). Every model
@@ -221,10 +219,9 @@ class MutualAT(PGDAT):
         threat: Threat | str = "linf:0.3",
         peers: int = 1,
         alpha: float = 0.5,
-        steps: int = 10,
-        step_size: float | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(threat, steps=steps, step_size=step_size)
+        super().__init__(threat, **base)
         self.peers = check_int(peers, "peers", minimum=1)
         if not 0 <= alpha <= 1:
             raise RobustlabError(f"alpha must be in [0, 1], got {alpha!r}.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,9 +12,9 @@ from robustlab.errors import RobustlabError
 from robustlab.losses.adversarial import kl_divergence
 from robustlab.models.factory import unwrap
 from robustlab.threat import Threat
-from robustlab.training.method import Batch, LossOutput, StepContext
-from robustlab.training.methods import METHODS
+from robustlab.training.method import Batch, LossOutput, StepContext, forwards_base
 from robustlab.training.methods.distillation import EMATeacher
+from robustlab.training.methods.registry import METHODS
 from robustlab.training.methods.shared import fresh_copy, teacher_logits
 from robustlab.validation import check_int, check_positive
 
@@ -38,6 +40,7 @@ def forget(model: nn.Module, layers: int, fraction: float) -> int:
 
 
 @METHODS.register("fomo")
+@forwards_base
 class FOMO(EMATeacher):
     """Forget to mitigate overfitting (FOMO; Ramkumar et al., ICLR 2024): PGD-AT with periodic
     random re-initialisation of later-layer weights and a consistency term to an EMA model.
@@ -58,11 +61,9 @@ class FOMO(EMATeacher):
         fraction: float = 0.2,
         layers: int = 1,
         lam: float = 1.0,
-        decay: float = 0.999,
-        steps: int = 10,
-        step_size: float | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(threat, steps, step_size, decay)
+        super().__init__(threat, **base)
         self.forget_every = check_int(forget_every, "forget_every")
         if not 0 <= fraction <= 1:
             raise RobustlabError(f"fraction must be in [0, 1], got {fraction!r}.")

@@ -6,6 +6,8 @@ tests replace to fix them; adversarial points come from :meth:`adversarial` (PGD
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -13,9 +15,9 @@ from robustlab.errors import RobustlabError
 from robustlab.losses.adversarial import smooth_labels, soft_cross_entropy
 from robustlab.models.factory import unwrap
 from robustlab.threat import Threat
-from robustlab.training.method import Batch, LossOutput, StepContext
-from robustlab.training.methods import METHODS
-from robustlab.training.methods.adversarial import PGDAT
+from robustlab.training.method import Batch, LossOutput, StepContext, forwards_base
+from robustlab.training.methods.adversarial import PGDBased
+from robustlab.training.methods.registry import METHODS
 from robustlab.validation import check_positive
 
 
@@ -50,7 +52,8 @@ def mixup_loss(
 
 
 @METHODS.register("iat")
-class IAT(PGDAT):
+@forwards_base
+class IAT(PGDBased):
     """Interpolated adversarial training (IAT; Lamb et al., AISec 2019): Mixup on the clean and
     on the PGD batch, half each,
 
@@ -68,10 +71,9 @@ class IAT(PGDAT):
         threat: Threat | str = "linf:0.3",
         alpha: float = 1.0,
         manifold: bool = False,
-        steps: int = 10,
-        step_size: float | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(threat, steps=steps, step_size=step_size)
+        super().__init__(threat, **base)
         self.alpha = check_positive(alpha, "alpha")
         self.manifold = bool(manifold)
 
@@ -95,7 +97,8 @@ class IAT(PGDAT):
 
 
 @METHODS.register("avmixup")
-class AVmixup(PGDAT):
+@forwards_base
+class AVmixup(PGDBased):
     """Adversarial vertex mixup (Lee et al., CVPR 2020): the adversarial vertex
     ``x_v = x + gamma (x' - x)`` (clipped to [0, 1]), a per-sample ``a ~ U(0, 1)``, and
 
@@ -111,10 +114,9 @@ class AVmixup(PGDAT):
         gamma: float = 2.0,
         lam1: float = 1.0,
         lam2: float = 0.1,
-        steps: int = 10,
-        step_size: float | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(threat, steps=steps, step_size=step_size)
+        super().__init__(threat, **base)
         self.gamma = check_positive(gamma, "gamma")
         for name, v in (("lam1", lam1), ("lam2", lam2)):
             if not 0 <= v <= 1:

@@ -25,23 +25,20 @@ from torch import Tensor, nn
 from robustlab.data.dataset import ArrayDataset
 from robustlab.errors import RobustlabError
 from robustlab.losses import per_sample_loss_fn
-from robustlab.losses._common import check_unit_interval
+from robustlab.losses._common import check_unit_interval, loss_name
 from robustlab.losses.robust import BOOTSTRAP_MODES, bootstrap_loss
 from robustlab.models.factory import unwrap
 from robustlab.runtime import distributed as dist
 from robustlab.runtime.modes import eval_mode
 from robustlab.runtime.predict import predict
 from robustlab.training.method import Batch, LossOutput, Method, StepContext
-from robustlab.training.methods import METHODS
+from robustlab.training.methods.registry import METHODS
 from robustlab.training.methods.shared import fresh_copy
+from robustlab.training.schedules import ramp
 from robustlab.validation import check_int, check_positive
 
 if TYPE_CHECKING:
     from robustlab.training.trainer import Trainer
-
-
-def _loss_name(loss: str | nn.Module) -> str:
-    return loss if isinstance(loss, str) else type(loss).__name__
 
 
 @torch.no_grad()
@@ -187,14 +184,6 @@ class BMMBootstrapping(Method):
         w = self.noisy_posterior(self.losses)
         return {"bmm_noisy_share": float((w > 0.5).double().mean())}
 
-    def config(self) -> dict:
-        return {
-            "name": self.name,
-            "mode": self.mode,
-            "warmup_epochs": self.warmup_epochs,
-            "em_iterations": self.em_iterations,
-        }
-
 
 # ---------------------------------------------------------------------------------- B12
 @METHODS.register("co-teaching")
@@ -217,7 +206,7 @@ class CoTeaching(Method):
         super().__init__()
         self.forget_rate = check_unit_interval(forget_rate, "forget_rate", closed=False)
         self.gradual_epochs = check_positive(gradual_epochs, "gradual_epochs", allow_zero=True)
-        self.loss_name = _loss_name(loss)
+        self.loss_name = loss_name(loss)
         self.loss_fn = per_sample_loss_fn(loss)
         self.peer: nn.Module | None = None
 
@@ -228,10 +217,8 @@ class CoTeaching(Method):
 
     def current_forget_rate(self, ctx: StepContext) -> float:
         """``R(T)`` of Eq. 1 at fractional epoch ``T``."""
-        if self.gradual_epochs == 0:
-            return self.forget_rate
         epochs_done = ctx.step / max(1, ctx.steps_per_epoch)
-        return self.forget_rate * min(1.0, epochs_done / self.gradual_epochs)
+        return self.forget_rate * ramp(epochs_done, 0.0, self.gradual_epochs)
 
     def compute_loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> LossOutput:
         if self.peer is None:
@@ -287,7 +274,7 @@ class LateStopping(Method):
         self.k = check_int(k, "k")
         self.warmup_epochs = check_int(warmup_epochs, "warmup_epochs", minimum=0)
         self.reinit = bool(reinit)
-        self.loss_name = _loss_name(loss)
+        self.loss_name = loss_name(loss)
         self.loss_fn = per_sample_loss_fn(loss)
         for buffer in ("active", "streak", "learned"):
             self.register_buffer(buffer, torch.zeros(0))

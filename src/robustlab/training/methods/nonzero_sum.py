@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from robustlab.attacks import BETA, Attack
 from robustlab.threat import Threat
-from robustlab.training.methods import METHODS
 from robustlab.training.methods.adversarial import PGDAT
+from robustlab.training.methods.registry import METHODS
 
 
 @METHODS.register("beta-at")

@@ -9,6 +9,7 @@ in :mod:`robustlab.losses.adversarial`.
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,33 +24,29 @@ from robustlab.losses.adversarial import (
     true_class_prob,
 )
 from robustlab.threat import Threat
-from robustlab.training.method import Batch, LossOutput, StepContext
-from robustlab.training.methods import METHODS
-from robustlab.training.methods.adversarial import PGDAT
-from robustlab.training.methods.shared import divergence_attack, ramped_threat
+from robustlab.training.method import Batch, LossOutput, StepContext, forwards_base
+from robustlab.training.methods.adversarial import PGDBased
+from robustlab.training.methods.registry import METHODS
+from robustlab.training.methods.shared import divergence_attack
+from robustlab.training.schedules import ramped_threat
 from robustlab.validation import check_positive
 
 
-class RegularizedAT(PGDAT):
+@forwards_base
+class RegularizedAT(PGDBased):
     """Shared machinery: an inner attack (a divergence to the clean prediction, or PGD-CE when
     ``attack_divergence`` is None) and ``per_sample(z, z_adv, y) -> (natural, robust)`` terms."""
 
     attack_divergence: str | None = "kl"
 
-    def __init__(
-        self,
-        threat: Threat | str = "linf:0.3",
-        beta: float = 6.0,
-        steps: int = 10,
-        step_size: float | None = None,
-    ) -> None:
-        super().__init__(threat, steps=steps, step_size=step_size)
+    def __init__(self, threat: Threat | str = "linf:0.3", beta: float = 6.0, **base: Any) -> None:
+        super().__init__(threat, **base)
         self.beta = check_positive(beta, "beta", allow_zero=True)
 
     def adversarial(self, model: nn.Module, batch: Batch, ctx: StepContext) -> Tensor:
         if self.attack_divergence is None:
             return super().adversarial(model, batch, ctx)
-        threat = ramped_threat(self.threat, ctx)
+        threat = ramped_threat(self.threat, ctx.eps_scale)
         if threat is None:
             return batch.x
         return divergence_attack(
@@ -91,6 +88,7 @@ class TRADES(RegularizedAT):
 
 
 @METHODS.register("score")
+@forwards_base
 class SCORE(RegularizedAT):
     """SCORE (Pang et al., ICML 2022, "Robustness and accuracy could be reconcilable by (proper)
     definition"): the TRADES objective with the KL replaced by the squared Euclidean
@@ -103,15 +101,8 @@ class SCORE(RegularizedAT):
     name = "score"
     attack_divergence = "se"
 
-    def __init__(
-        self,
-        threat: Threat | str = "linf:0.3",
-        beta: float = 6.0,
-        steps: int = 10,
-        step_size: float | None = None,
-        natural: str = "ce",
-    ) -> None:
-        super().__init__(threat, beta, steps, step_size)
+    def __init__(self, threat: Threat | str = "linf:0.3", *, natural: str = "ce", **base: Any) -> None:
+        super().__init__(threat, **base)
         if natural not in ("ce", "se"):
             raise RobustlabError(f"natural must be 'ce' or 'se', got {natural!r}.")
         self.natural = natural
@@ -141,6 +132,7 @@ class MART(RegularizedAT):
 
 
 @METHODS.register("arow")
+@forwards_base
 class ARoW(RegularizedAT):
     """ARoW (Yang, Kong & Kim, ICML 2023, "Improving adversarial robustness by putting more
     regularizations on less robust samples"): label-smoothed clean CE plus a KL regulariser
@@ -154,14 +146,9 @@ class ARoW(RegularizedAT):
     name = "arow"
 
     def __init__(
-        self,
-        threat: Threat | str = "linf:0.3",
-        beta: float = 6.0,
-        steps: int = 10,
-        step_size: float | None = None,
-        smoothing: float = 0.2,
+        self, threat: Threat | str = "linf:0.3", *, smoothing: float = 0.2, **base: Any
     ) -> None:
-        super().__init__(threat, beta, steps, step_size)
+        super().__init__(threat, **base)
         if not 0 <= smoothing < 1:
             raise RobustlabError(f"smoothing must be in [0, 1), got {smoothing!r}.")
         self.smoothing = float(smoothing)

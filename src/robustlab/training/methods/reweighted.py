@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,20 +29,15 @@ from robustlab.losses.adversarial import (
     one_vs_rest,
 )
 from robustlab.threat import Threat
-from robustlab.training.method import Batch, LossOutput, StepContext
-from robustlab.training.methods import METHODS
-from robustlab.training.methods.adversarial import PGDAT
-from robustlab.training.methods.shared import ramped_threat
+from robustlab.training.method import Batch, LossOutput, StepContext, forwards_base
+from robustlab.training.methods.adversarial import PGDBased
+from robustlab.training.methods.registry import METHODS
+from robustlab.training.schedules import ramped_threat
 from robustlab.validation import check_int, check_positive
 
 
-class ReweightedAT(PGDAT):
+class ReweightedAT(PGDBased):
     """PGD-AT whose per-sample CE losses at ``x'`` are combined by :meth:`combine`."""
-
-    def __init__(
-        self, threat: Threat | str = "linf:0.3", steps: int = 10, step_size: float | None = None
-    ) -> None:
-        super().__init__(threat, steps=steps, step_size=step_size)
 
     @abstractmethod
     def combine(self, losses: Tensor, logits: Tensor, batch: Batch) -> tuple[Tensor, dict]:
@@ -57,6 +53,7 @@ class ReweightedAT(PGDAT):
 
 
 @METHODS.register("done")
+@forwards_base
 class DONE(ReweightedAT):
     """Doubly robust instance-reweighted AT (DONE; Zhang et al., ICLR 2024): PGD-AT with the
     KL-DRO weights ``exp(l_i / tau)`` on the adversarial losses.
@@ -75,10 +72,9 @@ class DONE(ReweightedAT):
         threat: Threat | str = "linf:0.3",
         tau: float = 1.0,
         rho: float = 0.1,
-        steps: int = 10,
-        step_size: float | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(threat, steps, step_size)
+        super().__init__(threat, **base)
         self.tau = check_positive(tau, "tau")
         self.rho = check_positive(rho, "rho")
         if self.rho > 1:
@@ -106,6 +102,7 @@ class DONE(ReweightedAT):
 
 
 @METHODS.register("hr")
+@forwards_base
 class HR(ReweightedAT):
     """Holistic robust training (Bennouna, Lucas & Van Parys, ICML 2023, "Certified robust neural
     networks: generalization and corruption resistance", the HR loss):
@@ -125,10 +122,9 @@ class HR(ReweightedAT):
         threat: Threat | str = "linf:0.3",
         alpha: float = 0.01,
         r: float = 0.1,
-        steps: int = 10,
-        step_size: float | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(threat, steps, step_size)
+        super().__init__(threat, **base)
         if not 0 <= alpha < 1:
             raise RobustlabError(f"alpha must be in [0, 1), got {alpha!r}.")
         self.alpha = float(alpha)
@@ -141,6 +137,7 @@ class HR(ReweightedAT):
 
 
 @METHODS.register("dafa")
+@forwards_base
 class DAFA(ReweightedAT):
     """Distance-aware fair adversarial training (DAFA; Lee et al., ICLR 2024): class-wise loss
     weights and radii from class similarity.
@@ -163,10 +160,9 @@ class DAFA(ReweightedAT):
         threat: Threat | str = "linf:0.3",
         lam: float = 1.0,
         warmup_epochs: int = 1,
-        steps: int = 10,
-        step_size: float | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(threat, steps, step_size)
+        super().__init__(threat, **base)
         self.lam = check_positive(lam, "lam", allow_zero=True)
         self.warmup_epochs = check_int(warmup_epochs, "warmup_epochs", minimum=0)
         self.register_buffer("class_weights", torch.ones(0))
@@ -192,7 +188,7 @@ class DAFA(ReweightedAT):
         x_adv = batch.x.clone()
         scales = self.class_weights[batch.y]
         for s in scales.unique():
-            threat = ramped_threat(self.threat.with_eps(self.threat.eps * float(s)), ctx)
+            threat = ramped_threat(self.threat.with_eps(self.threat.eps * float(s)), ctx.eps_scale)
             if threat is None:
                 continue
             idx = (scales == s).nonzero().squeeze(1)
@@ -236,6 +232,7 @@ class DAFA(ReweightedAT):
 
 
 @METHODS.register("sovr")
+@forwards_base
 class SOVR(ReweightedAT):
     """Switching one-vs-the-rest loss (SOVR; Kanai et al. 2023, "Switching one-versus-the-rest
     loss to increase the margin of logits for adversarial robustness"): the ``fraction`` of the batch with the smallest logit margins
@@ -245,13 +242,9 @@ class SOVR(ReweightedAT):
     name = "sovr"
 
     def __init__(
-        self,
-        threat: Threat | str = "linf:0.3",
-        fraction: float = 0.4,
-        steps: int = 10,
-        step_size: float | None = None,
+        self, threat: Threat | str = "linf:0.3", fraction: float = 0.4, **base: Any
     ) -> None:
-        super().__init__(threat, steps, step_size)
+        super().__init__(threat, **base)
         if not 0 <= fraction <= 1:
             raise RobustlabError(f"fraction must be in [0, 1], got {fraction!r}.")
         self.fraction = float(fraction)

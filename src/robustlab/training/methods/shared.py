@@ -1,5 +1,6 @@
 """Steps shared by the adversarial-training methods: inner maximisations, the test seam, feature
-taps, gradient reversal, EMA copies and layer-wise weight perturbations.
+taps, gradient reversal, EMA copies and layer-wise weight perturbations (the eps ramp is in
+:mod:`robustlab.training.schedules`).
 
 Each piece lives here once and is used by the method modules (:mod:`.regularized`,
 :mod:`.weight_perturbation`, :mod:`.reweighted`, :mod:`.mixing`, :mod:`.distillation`,
@@ -21,16 +22,7 @@ from robustlab.errors import RobustlabError
 from robustlab.losses.adversarial import divergence
 from robustlab.runtime.modes import eval_mode
 from robustlab.threat import Threat
-from robustlab.training.method import Method, StepContext
-
-# --------------------------------------------------------------------------- schedules
-
-
-def ramped_threat(threat: Threat, ctx: StepContext) -> Threat | None:
-    """The threat at the trainer's eps ramp (``ctx.eps_scale``), or None at radius 0."""
-    eps = threat.eps * ctx.eps_scale
-    return threat.with_eps(eps) if eps > 0 else None
-
+from robustlab.training.method import Method
 
 # --------------------------------------------------------------------------- test seam
 

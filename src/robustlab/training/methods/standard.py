@@ -7,13 +7,15 @@ from typing import Any
 from torch import nn
 
 from robustlab.losses import LOSSES
+from robustlab.losses._common import build_loss, loss_name
 from robustlab.training.method import Batch, LossOutput, Method, StepContext
-from robustlab.training.methods import METHODS
+from robustlab.training.methods.registry import METHODS
 
 
 def resolve_loss(loss: str | nn.Module, **kwargs: Any) -> nn.Module:
-    """A loss module from a registered name (with keyword arguments) or a module as is."""
-    return LOSSES.build(loss, **kwargs) if isinstance(loss, str) else loss
+    """A loss module from a registered name (with keyword arguments) or a module as is; anything
+    else, or keyword arguments with a module, is refused with one sentence."""
+    return LOSSES.build(loss, **kwargs) if isinstance(loss, str) else build_loss(loss, **kwargs)
 
 
 @METHODS.register("standard")
@@ -24,7 +26,7 @@ class Standard(Method):
 
     def __init__(self, loss: str | nn.Module = "ce", **loss_kwargs: Any) -> None:
         super().__init__()
-        self.loss_name = loss if isinstance(loss, str) else type(loss).__name__
+        self.loss_name = loss_name(loss)
         self.loss_kwargs = loss_kwargs
         self.loss_fn = resolve_loss(loss, **loss_kwargs)
 

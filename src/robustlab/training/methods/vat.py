@@ -3,8 +3,6 @@ semi-supervised mode: samples whose label is -1 are unlabelled."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -14,8 +12,8 @@ from robustlab.losses.adversarial import kl_divergence
 from robustlab.runtime.modes import eval_mode
 from robustlab.threat import Threat
 from robustlab.training.method import Batch, LossOutput, Method, StepContext
-from robustlab.training.methods import METHODS
-from robustlab.training.methods.shared import ramped_threat
+from robustlab.training.methods.registry import METHODS
+from robustlab.training.schedules import ramped_threat
 from robustlab.validation import check_int, check_positive
 
 UNLABELLED = -1
@@ -75,7 +73,7 @@ class VAT(Method):
 
     def adversarial(self, model: nn.Module, batch: Batch, ctx: StepContext) -> Tensor:
         """``x + r_vadv`` projected onto the [0, 1] box (clean inputs at radius 0)."""
-        threat = ramped_threat(self.threat, ctx)
+        threat = ramped_threat(self.threat, ctx.eps_scale)
         if threat is None:
             return batch.x
         with torch.no_grad(), eval_mode(model):
@@ -95,12 +93,3 @@ class VAT(Method):
         metrics = {"ce": float(ce.detach()), "lds": float(lds.detach())}
         metrics["labelled"] = float(labelled.float().mean())
         return LossOutput(ce + self.alpha * lds, logits, metrics)
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "threat": str(self.threat),
-            "alpha": self.alpha,
-            "xi": self.xi,
-            "power_iterations": self.power_iterations,
-        }

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from robustlab.errors import RobustlabError
 from robustlab.threat import Threat
 from robustlab.training.method import Batch, LossOutput, Method, StepContext
-from robustlab.training.methods import METHODS
 from robustlab.training.methods.adversarial import AdversarialMethod
+from robustlab.training.methods.registry import METHODS
 from robustlab.training.methods.shared import (
     WeightShift,
     adversarial_weight_perturbation,
