@@ -49,6 +49,8 @@ PACKAGES: dict[str, list[str]] = {
     "training/methods": [
         "tests/test_methods*.py", "tests/test_noisy_training.py", "tests/test_certify_training.py",
         "tests/test_trainer.py",
+        "tests/test_schedules.py",
+        "tests/test_certify_nets.py",  # test_certify_training.py imports its random nets
     ],  # fmt: skip
     "losses": ["tests/test_losses*.py", "tests/test_methods_losses.py"],
 }
